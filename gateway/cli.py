@@ -1,0 +1,51 @@
+"""Command line: `lgwan-gateway SUBCOMMAND ...` (also `python -m gateway`).
+
+Each subcommand lives with the code it drives; this module only wires argparse to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lgwan-gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check-config", help="validate a policy file and print a summary")
+    p.add_argument("config", help="TOML policy file")
+    p.set_defaults(func=_check_config)
+
+    p = sub.add_parser("replay", help="run a capture through the engine offline")
+    p.add_argument("pcap", help="input capture (pcap or pcapng)")
+    p.add_argument("--config", required=True, help="TOML policy file")
+    p.add_argument("--out", help="write the packets the gateway would forward here (pcap)")
+    p.add_argument("--events", help="write the JSON-lines event log here ('-' for stdout)")
+    p.add_argument("--json-summary", help="also write the summary as JSON to this file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    p.set_defaults(func=_replay)
+    return parser
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from gateway.policy.cli import check_config_command
+
+    return check_config_command(args.config)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from gateway.replay import replay_command
+
+    return replay_command(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
