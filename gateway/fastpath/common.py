@@ -90,7 +90,15 @@ LINKTYPE_IPV4 = 228
 LINKTYPE_IPV6 = 229
 LINKTYPE_LINUX_SLL2 = 276
 SUPPORTED_LINKTYPES = frozenset(
-    {LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_RAW, LINKTYPE_LINUX_SLL, LINKTYPE_IPV4, LINKTYPE_IPV6, LINKTYPE_LINUX_SLL2}
+    {
+        LINKTYPE_NULL,
+        LINKTYPE_ETHERNET,
+        LINKTYPE_RAW,
+        LINKTYPE_LINUX_SLL,
+        LINKTYPE_IPV4,
+        LINKTYPE_IPV6,
+        LINKTYPE_LINUX_SLL2,
+    }
 )
 
 # --- events -----------------------------------------------------------------------------------
@@ -242,7 +250,7 @@ def flow_id_for(a: int, b: int, pa: int, pb: int, proto: int, start_us: int) -> 
 def format_timestamp(ts_us: int) -> str:
     """Suricata's eve.json timestamp form: 2026-11-26T16:56:59.123456+0000 (UTC)."""
     secs, micros = divmod(ts_us, 1_000_000)
-    t = _dt.datetime.fromtimestamp(secs, _dt.timezone.utc)
+    t = _dt.datetime.fromtimestamp(secs, _dt.UTC)
     return t.strftime("%Y-%m-%dT%H:%M:%S") + f".{micros:06d}+0000"
 
 
@@ -278,7 +286,12 @@ def format_event(ev: RawEvent, policy: CompiledPolicy) -> dict[str, object]:
     out["dest_tier"] = zone_tier(ev.dst_zone)
     out["action"] = VERDICT_NAMES[ev.verdict]
     rules = policy.rules
-    out["rule_id"] = rules[ev.rule].rule_id if 0 <= ev.rule < len(rules) else None
+    if 0 <= ev.rule < len(rules):
+        out["rule_id"] = rules[ev.rule].rule_id
+    elif ev.kind == EV_FLOW:  # decided by the zone defaults, not by a rule
+        out["rule_id"] = "default-deny" if ev.verdict == DROP else "intra-zone-allow"
+    else:
+        out["rule_id"] = None
     out["reason"] = REASONS[ev.reason]
     if 0 <= ev.rule < len(rules) and rules[ev.rule].profile:
         out["profile"] = rules[ev.rule].profile
