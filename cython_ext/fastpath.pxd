@@ -49,7 +49,8 @@ ctypedef struct CRule:
     int32_t icmp_n
 
 
-# The parsed headers of one packet (filled by parse_ip, no Python object involved).
+# The parsed headers of one packet (filled by parse_ip, no Python object involved); the fields are
+# those of reference.Parsed.
 ctypedef struct CPacket:
     int32_t family        # 4 / 6, 0 when not even the IP header could be read
     int32_t proto         # final protocol / next header
@@ -57,21 +58,13 @@ ctypedef struct CPacket:
     uint64_t src_lo
     uint64_t dst_hi
     uint64_t dst_lo
-    int32_t sport         # shown in events: TCP/UDP port, ICMP type
-    int32_t dport         # shown in events: TCP/UDP port, ICMP code
-    int32_t kport_s       # flow-key ports: TCP/UDP ports, ICMP echo identifier (both), else 0
-    int32_t kport_d
-    int32_t tcp_flags
-    int32_t icmp_kind     # ICMPK_* below
-    int32_t icmp_type
-    # the packet embedded in an ICMP error (original direction, as sent by the flow's peer)
-    int32_t e_proto
-    uint64_t e_src_hi
-    uint64_t e_src_lo
-    uint64_t e_dst_hi
-    uint64_t e_dst_lo
-    int32_t e_kport_s
-    int32_t e_kport_d
+    int32_t sport         # TCP/UDP port; ICMP: type
+    int32_t dport         # TCP/UDP port; ICMP: code
+    int32_t flags         # TCP flags (low 6 bits)
+    int32_t icmp_id
+    int32_t type          # PT_PLAIN / PT_ECHO / PT_ERROR
+    Py_ssize_t inner_off  # ICMP error: where the quoted packet starts and ends
+    Py_ssize_t inner_end
 
 
 # One flow. Slots are linked three ways by index (int32, -1 = none): hash chain, LRU list, free list
@@ -84,16 +77,15 @@ ctypedef struct CFlow:
     int64_t start_us
     int64_t last_us
     uint64_t flow_id
-    int64_t generation    # policy generation the verdict was decided under
+    int64_t generation    # engine generation (set_policy count) the verdict was decided under
     int32_t hnext
     int32_t lru_prev
     int32_t lru_next
     int32_t rule
     int32_t src_zone      # zones in the initiator's direction
     int32_t dst_zone
-    int32_t init_sport    # what the initiator's first packet showed (ports, or ICMP type/code)
-    int32_t init_dport
-    int32_t init_icmp_type
+    int32_t first_type    # ICMP type/code of the first packet, for events and re-decisions
+    int32_t first_code
     uint16_t pa
     uint16_t pb
     uint8_t proto
@@ -101,7 +93,7 @@ ctypedef struct CFlow:
     uint8_t verdict
     uint8_t tcp_state
     uint8_t fin_mask      # bit 0: FIN from the initiator, bit 1: FIN from the responder
-    uint8_t init_is_a     # 1 when the initiator is canonical side A
+    uint8_t a_is_initiator  # 1 when the initiator is canonical side A
     uint8_t in_use
 
 

@@ -52,6 +52,11 @@ cdef enum:
     FRAGMENT = 3
 
 cdef enum:
+    ACT_DENY = 0
+    ACT_ALLOW = 1
+    ACT_INSPECT = 2
+
+cdef enum:
     R_RULE = 0
     R_FLOW = 1
     R_RELATED = 2
@@ -90,11 +95,11 @@ cdef enum:
     ST_FRAGMENT = 2
     ST_RH0 = 3
 
-# what kind of ICMP message a packet is
+# CPacket.type: what kind of ICMP message a packet is
 cdef enum:
-    ICMPK_NONE = 0   # not ICMP, or an ICMP type that is neither echo nor error
-    ICMPK_ECHO = 1
-    ICMPK_ERROR = 2
+    PT_PLAIN = 0   # not ICMP, or an ICMP type that is neither echo nor error
+    PT_ECHO = 1
+    PT_ERROR = 2
 
 # counter slots; the drop_<reason> counters follow at C_DROP0 + reason
 cdef enum:
@@ -103,11 +108,11 @@ cdef enum:
     C_DROPPED = 2
     C_INSPECTED = 3
     C_FRAGMENTS = 4
-    C_FLOWS_CREATED = 5
-    C_FLOWS_EXPIRED = 6
-    C_FLOWS_EVICTED = 7
-    C_FLOWS_REDECIDED = 8
-    C_NON_IP = 9
+    C_MALFORMED_ACCEPTED = 5
+    C_FLOWS_CREATED = 6
+    C_FLOWS_EXPIRED = 7
+    C_FLOWS_EVICTED = 8
+    C_FLOWS_REDECIDED = 9
     C_DROP0 = 10
     N_COUNTERS = 24
 
@@ -120,10 +125,12 @@ _REASONS = (
     "bad_tcp_flags", "icmp_no_flow", "fragment", "fragment_overlap", "fragment_limit", "ipv6_rh0",
     "non_ip",
 )
+# counter names in the reference's order (counters() also adds "flows", the current table size)
 _COUNTER_NAMES = (
-    "packets", "accepted", "dropped", "inspected", "fragments", "flows_created", "flows_expired",
-    "flows_evicted", "flows_redecided", "non_ip",
+    "packets", "accepted", "dropped", "inspected", "fragments", "malformed_accepted", "flows_created",
+    "flows_expired", "flows_evicted", "flows_redecided",
 )
+_DROP_COUNTERS = tuple("drop_" + name for name in _REASONS)
 
 _M64 = (1 << 64) - 1
 
@@ -192,243 +199,236 @@ cdef inline uint64_t key_hash(uint64_t a_hi, uint64_t a_lo, uint64_t b_hi, uint6
 
 
 # --- IP parsing ----------------------------------------------------------------------------------
+# A line-by-line port of reference._parse_ip: same checks in the same order, so that every input,
+# however broken, lands in the same status with the same fields.
 
-cdef inline bint is_icmp_echo(int proto, int t) noexcept nogil:
-    if proto == 1:
+cdef inline bint is_icmp_echo(int family, int t) noexcept nogil:
+    if family == 4:
         return t == 8 or t == 0
     return t == 128 or t == 129
 
 
-cdef inline bint is_icmp_error(int proto, int t) noexcept nogil:
-    if proto == 1:
+cdef inline bint is_icmp_error(int family, int t) noexcept nogil:
+    if family == 4:
         return t == 3 or t == 4 or t == 5 or t == 11 or t == 12
     return 1 <= t <= 4
 
 
-cdef inline bint is_ext_header(int nh) noexcept nogil:
-    return nh == 0 or nh == 43 or nh == 60 or nh == 44 or nh == 51 or nh == 135
+cdef int parse_ip(const uint8_t* data, Py_ssize_t off, Py_ssize_t end, int max_ext, CPacket* p,
+                  bint quoted) noexcept nogil:
+    """Parse the IP packet in data[off:end] into p; returns an ST_* code.
 
-
-cdef int parse_embedded(const uint8_t* p, Py_ssize_t n, int icmp_proto, CPacket* pk) noexcept nogil:
-    """The packet quoted by an ICMP error: IP header + at least the first 8 bytes of its L4 header.
-
-    Returns ST_OK or ST_MALFORMED; fills the e_* fields (flow-key ports as for a real packet).
+    `quoted` parses the packet inside an ICMP error, which is cut short by design: lengths are not
+    checked against the data, only the first 8 bytes of the transport header are needed.
     """
-    cdef int ihl, v, proto, t
-    cdef const uint8_t* l4
-    cdef Py_ssize_t l4n
-    if n < 1:
+    cdef Py_ssize_t avail = end - off, l4_end, l4, pos, l4len
+    cdef int version, ihl, nh, count, nxt, itype, doff
+    cdef uint32_t total, plen, frag, fo
+    memset(p, 0, sizeof(CPacket))
+    if avail < 1:
         return ST_MALFORMED
-    v = p[0] >> 4
-    if icmp_proto == 1:
-        if v != 4 or n < 20:
+    version = data[off] >> 4
+    if version == 4:
+        if avail < 20:
             return ST_MALFORMED
-        ihl = (p[0] & 15) * 4
-        if ihl < 20 or n < ihl:
-            return ST_MALFORMED
-        pk.e_src_hi = V4_MAPPED_HI
-        pk.e_src_lo = LG_V4_MAPPED_LO_PREFIX | be32(p + 12)
-        pk.e_dst_hi = V4_MAPPED_HI
-        pk.e_dst_lo = LG_V4_MAPPED_LO_PREFIX | be32(p + 16)
-        proto = p[9]
-        l4 = p + ihl
-        l4n = n - ihl
-    else:
-        if v != 6 or n < 40:
-            return ST_MALFORMED
-        pk.e_src_hi = be64(p + 8)
-        pk.e_src_lo = be64(p + 16)
-        pk.e_dst_hi = be64(p + 24)
-        pk.e_dst_lo = be64(p + 32)
-        proto = p[6]
-        l4 = p + 40
-        l4n = n - 40
-    pk.e_proto = proto
-    pk.e_kport_s = 0
-    pk.e_kport_d = 0
-    if proto == 6 or proto == 17:
-        if l4n < 8:
-            return ST_MALFORMED
-        pk.e_kport_s = be16(l4)
-        pk.e_kport_d = be16(l4 + 2)
-    elif proto == 1 or proto == 58:
-        if l4n < 8:
-            return ST_MALFORMED
-        t = l4[0]
-        if is_icmp_echo(proto, t):
-            pk.e_kport_s = be16(l4 + 4)
-            pk.e_kport_d = pk.e_kport_s
-    return ST_OK
-
-
-cdef int parse_ip(const uint8_t* p, Py_ssize_t n, int max_ext, CPacket* pk) noexcept nogil:
-    """Parse one IP packet (design.md "Per packet", step 1) into pk. Returns an ST_* code."""
-    cdef int v, ihl, proto, nh, count, frag, t, hl, doff
-    cdef uint32_t tot, plen
-    cdef Py_ssize_t off, end
-    cdef const uint8_t* l4
-    cdef Py_ssize_t l4n
-    memset(pk, 0, sizeof(CPacket))
-    if n < 1:
-        return ST_MALFORMED
-    v = p[0] >> 4
-    if v == 4:
-        if n < 20:
-            return ST_MALFORMED
-        ihl = (p[0] & 15) * 4
+        ihl = (data[off] & 0x0F) * 4
+        total = be16(data + off + 2)
         if ihl < 20:
             return ST_MALFORMED
-        tot = be16(p + 2)
-        if tot < <uint32_t>ihl or tot > <uint64_t>n:
-            return ST_MALFORMED
-        pk.family = 4
-        pk.src_hi = V4_MAPPED_HI
-        pk.src_lo = LG_V4_MAPPED_LO_PREFIX | be32(p + 12)
-        pk.dst_hi = V4_MAPPED_HI
-        pk.dst_lo = LG_V4_MAPPED_LO_PREFIX | be32(p + 16)
-        proto = p[9]
-        pk.proto = proto
-        frag = be16(p + 6)
-        if frag & 0x3FFF:  # MF or a non-zero offset (DF alone is fine)
+        if quoted:
+            l4_end = end
+        else:
+            if total < <uint32_t>ihl or total > <uint64_t>avail:
+                return ST_MALFORMED
+            l4_end = off + total
+        p.family = 4
+        p.src_hi = V4_MAPPED_HI
+        p.src_lo = LG_V4_MAPPED_LO_PREFIX | be32(data + off + 12)
+        p.dst_hi = V4_MAPPED_HI
+        p.dst_lo = LG_V4_MAPPED_LO_PREFIX | be32(data + off + 16)
+        p.proto = data[off + 9]
+        frag = be16(data + off + 6)
+        if frag & 0x3FFF:  # MF or a fragment offset (DF alone is fine)
             return ST_FRAGMENT
-        l4 = p + ihl
-        l4n = tot - ihl
-    elif v == 6:
-        if n < 40:
+        l4 = off + ihl
+        if l4 > l4_end:
             return ST_MALFORMED
-        plen = be16(p + 4)
-        if 40 + <uint64_t>plen > <uint64_t>n:
+    elif version == 6:
+        if avail < 40:
             return ST_MALFORMED
-        pk.family = 6
-        pk.src_hi = be64(p + 8)
-        pk.src_lo = be64(p + 16)
-        pk.dst_hi = be64(p + 24)
-        pk.dst_lo = be64(p + 32)
-        nh = p[6]
-        off = 40
-        end = 40 + plen
+        plen = be16(data + off + 4)
+        if quoted:
+            l4_end = end
+        else:
+            if 40 + <Py_ssize_t>plen > avail:
+                return ST_MALFORMED
+            l4_end = off + 40 + plen
+        p.family = 6
+        p.src_hi = be64(data + off + 8)
+        p.src_lo = be64(data + off + 16)
+        p.dst_hi = be64(data + off + 24)
+        p.dst_lo = be64(data + off + 32)
+        nh = data[off + 6]
+        pos = off + 40
         count = 0
-        while is_ext_header(nh):
-            count += 1
-            if count > max_ext:
-                pk.proto = nh
-                return ST_MALFORMED
-            if nh == 44:
-                if off + 8 > end:
-                    pk.proto = nh
+        while True:
+            if nh == 0 or nh == 43 or nh == 60 or nh == 135:  # hop-by-hop, routing, dst opts, mobility
+                count += 1
+                if count > max_ext or pos + 8 > l4_end:
                     return ST_MALFORMED
-                frag = be16(p + off + 2)
-                if (frag & 0xFFF8) or (frag & 1):
-                    pk.proto = p[off]
+                if nh == 43 and data[pos + 2] == 0:
+                    p.proto = 43
+                    return ST_RH0
+                nxt = data[pos]
+                pos += (data[pos + 1] + 1) * 8
+                nh = nxt
+                if pos > l4_end:
+                    return ST_MALFORMED
+            elif nh == 44:  # fragment
+                count += 1
+                if count > max_ext or pos + 8 > l4_end:
+                    return ST_MALFORMED
+                fo = be16(data + pos + 2)
+                if fo & 0xFFF9:  # offset (upper 13 bits) or M flag: a real fragment
+                    p.proto = data[pos]
                     return ST_FRAGMENT
-                nh = p[off]
-                off += 8
-                continue
-            if off + 2 > end:
-                pk.proto = nh
-                return ST_MALFORMED
-            if nh == 51:
-                hl = (p[off + 1] + 2) * 4
+                nh = data[pos]
+                pos += 8
+            elif nh == 51:  # AH: length in 4-byte units, minus 2
+                count += 1
+                if count > max_ext or pos + 8 > l4_end:
+                    return ST_MALFORMED
+                nxt = data[pos]
+                pos += (data[pos + 1] + 2) * 4
+                nh = nxt
+                if pos > l4_end:
+                    return ST_MALFORMED
             else:
-                hl = (p[off + 1] + 1) * 8
-            if off + hl > end:
-                pk.proto = nh
-                return ST_MALFORMED
-            if nh == 43 and p[off + 2] == 0:
-                pk.proto = nh
-                return ST_RH0
-            nh = p[off]
-            off += hl
-        proto = nh
-        pk.proto = proto
-        l4 = p + off
-        l4n = end - off
+                break
+        p.proto = nh
+        l4 = pos
     else:
         return ST_MALFORMED
 
-    if proto == 6:
-        if l4n < 20:
-            return ST_MALFORMED
-        doff = (l4[12] >> 4) * 4
-        if doff < 20 or doff > l4n:
-            return ST_MALFORMED
-        pk.sport = be16(l4)
-        pk.dport = be16(l4 + 2)
-        pk.kport_s = pk.sport
-        pk.kport_d = pk.dport
-        pk.tcp_flags = l4[13]
-    elif proto == 17:
-        if l4n < 8:
-            return ST_MALFORMED
-        pk.sport = be16(l4)
-        pk.dport = be16(l4 + 2)
-        pk.kport_s = pk.sport
-        pk.kport_d = pk.dport
-    elif proto == 1 or proto == 58:
-        if l4n < 4:
-            return ST_MALFORMED
-        t = l4[0]
-        pk.sport = t
-        pk.dport = l4[1]
-        pk.icmp_type = t
-        if is_icmp_echo(proto, t):
-            if l4n < 8:
+    l4len = l4_end - l4
+    if p.proto == 6:
+        if quoted:
+            if l4len < 4:
                 return ST_MALFORMED
-            pk.icmp_kind = ICMPK_ECHO
-            pk.kport_s = be16(l4 + 4)
-            pk.kport_d = pk.kport_s
-        elif is_icmp_error(proto, t):
-            pk.icmp_kind = ICMPK_ERROR
-            if l4n < 8:
+        else:
+            if l4len < 20:
                 return ST_MALFORMED
-            return parse_embedded(l4 + 8, l4n - 8, proto, pk)
+            doff = (data[l4 + 12] >> 4) * 4
+            if doff < 20 or doff > l4len:
+                return ST_MALFORMED
+            p.flags = data[l4 + 13] & 0x3F
+        p.sport = be16(data + l4)
+        p.dport = be16(data + l4 + 2)
+    elif p.proto == 17:
+        if l4len < (4 if quoted else 8):
+            return ST_MALFORMED
+        p.sport = be16(data + l4)
+        p.dport = be16(data + l4 + 2)
+    elif (p.proto == 1 and p.family == 4) or (p.proto == 58 and p.family == 6):
+        # ICMP is only ICMP in its own family; ICMPv6 inside IPv4 is just "another protocol"
+        if l4len < 4:
+            return ST_MALFORMED
+        itype = data[l4]
+        p.sport = itype
+        p.dport = data[l4 + 1]
+        if is_icmp_echo(p.family, itype):
+            if l4len < 8:
+                return ST_MALFORMED
+            p.type = PT_ECHO
+            p.icmp_id = be16(data + l4 + 4)
+        elif is_icmp_error(p.family, itype) and not quoted:
+            if l4len < 8:
+                return ST_MALFORMED
+            p.type = PT_ERROR
+            # the quoted packet follows the 8-byte ICMP header; the caller parses it
+            p.inner_off = l4 + 8
+            p.inner_end = l4_end
     return ST_OK
+
+
+cdef inline bint flow_key(CPacket* p, uint64_t* a_hi, uint64_t* a_lo, uint64_t* b_hi, uint64_t* b_lo,
+                          uint32_t* pa, uint32_t* pb) noexcept nogil:
+    """reference._flow_key: canonical key (both directions map to one) -> whether p's source is A."""
+    cdef uint32_t sp, dp
+    cdef bint src_is_a
+    if p.proto == 6 or p.proto == 17:
+        sp = p.sport
+        dp = p.dport
+    elif p.type == PT_ECHO:
+        sp = p.icmp_id
+        dp = p.icmp_id
+    else:
+        sp = 0
+        dp = 0
+    # (src, sp) <= (dst, dp) as tuples of (128-bit int, port)
+    if p.src_hi != p.dst_hi:
+        src_is_a = p.src_hi < p.dst_hi
+    elif p.src_lo != p.dst_lo:
+        src_is_a = p.src_lo < p.dst_lo
+    else:
+        src_is_a = sp <= dp
+    if src_is_a:
+        a_hi[0] = p.src_hi
+        a_lo[0] = p.src_lo
+        b_hi[0] = p.dst_hi
+        b_lo[0] = p.dst_lo
+        pa[0] = sp
+        pb[0] = dp
+    else:
+        a_hi[0] = p.dst_hi
+        a_lo[0] = p.dst_lo
+        b_hi[0] = p.src_hi
+        b_lo[0] = p.src_lo
+        pa[0] = dp
+        pb[0] = sp
+    return src_is_a
 
 
 # --- link layer ------------------------------------------------------------------------------------
 
-cdef inline Py_ssize_t link_strip(const uint8_t* p, Py_ssize_t n, int linktype) noexcept nogil:
-    """Offset of the IP header inside a frame, or -1 when the frame is not IPv4/IPv6."""
-    cdef Py_ssize_t off
-    cdef uint32_t et, fam
+cdef inline Py_ssize_t ip_offset(const uint8_t* data, Py_ssize_t start, Py_ssize_t end, int linktype) noexcept nogil:
+    """reference._ip_offset: offset of the IP header in a frame; -1 malformed, -2 not IP."""
+    cdef Py_ssize_t n = end - start, pos
+    cdef uint32_t etype, family
     if linktype == 1:  # Ethernet, any number of 802.1Q / 802.1ad / QinQ tags
         if n < 14:
             return -1
-        et = be16(p + 12)
-        off = 14
-        while et == 0x8100 or et == 0x88A8 or et == 0x9100:
-            if off + 4 > n:
+        pos = start + 12
+        etype = be16(data + pos)
+        while etype == 0x8100 or etype == 0x88A8 or etype == 0x9100:
+            pos += 4
+            if pos + 2 > end:
                 return -1
-            et = be16(p + off + 2)
-            off += 4
-        if et == 0x0800 or et == 0x86DD:
-            return off
-        return -1
+            etype = be16(data + pos)
+        if etype == 0x0800 or etype == 0x86DD:
+            return pos + 2
+        return -2
     if linktype == 101 or linktype == 228 or linktype == 229:
-        return 0
+        return start
     if linktype == 113:  # Linux cooked v1: protocol at 14
         if n < 16:
             return -1
-        et = be16(p + 14)
-        if et == 0x0800 or et == 0x86DD:
-            return 16
-        return -1
+        etype = be16(data + start + 14)
+        return start + 16 if (etype == 0x0800 or etype == 0x86DD) else -2
     if linktype == 276:  # Linux cooked v2: protocol at 0
         if n < 20:
             return -1
-        et = be16(p)
-        if et == 0x0800 or et == 0x86DD:
-            return 20
-        return -1
+        etype = be16(data + start)
+        return start + 20 if (etype == 0x0800 or etype == 0x86DD) else -2
     if linktype == 0:  # BSD loopback: AF_ value in the capturing host's byte order
         if n < 4:
             return -1
-        fam = le32(p)
-        if fam > 0xFFFF:
-            fam = be32(p)
-        if fam == 2 or fam == 10 or fam == 24 or fam == 28 or fam == 30:
-            return 4
-        return -1
+        family = le32(data + start)
+        if family > 0xFFFF:  # written by a big-endian host
+            family = be32(data + start)
+        if family == 2 or family == 10 or family == 24 or family == 28 or family == 30:
+            return start + 4
+        return -2
     return -1
 
 
@@ -515,16 +515,16 @@ cdef void split_prefix(object net, int plen, uint64_t* hi, uint64_t* lo, uint64_
 
 
 cdef class Engine:
-    """Compiled per-packet engine; see reference.Engine for the semantics (they are the spec)."""
+    """Compiled per-packet engine; reference.Engine is its specification, this is its C twin."""
 
     cdef object _policy
     cdef object _limits
-    cdef dict _ifaces
+    cdef object _interfaces   # the policy's own dict (read live, like the reference)
     cdef list _events
-    cdef int64_t _generation
+    cdef int64_t _generation  # bumped by every set_policy(); flows remember the one they were decided under
     cdef bint _malformed_accept
 
-    # compiled policy
+    # compiled policy (C arrays owned by the engine, rebuilt by set_policy)
     cdef CPrefix* _prefixes
     cdef int32_t _n_prefixes
     cdef CRule* _rules
@@ -546,17 +546,17 @@ cdef class Engine:
     cdef int64_t _t_other
     cdef int32_t _max_ext
 
-    # flow table
+    # flow table: slab of CFlow, bucket heads, free list, LRU list (head = least recently seen)
     cdef CFlow* _flows
     cdef int32_t* _buckets
     cdef uint64_t _bucket_mask
     cdef int32_t _free_head
     cdef int32_t _high_water
-    cdef int32_t _lru_head    # least recently seen
-    cdef int32_t _lru_tail    # most recently seen
+    cdef int32_t _lru_head
+    cdef int32_t _lru_tail
     cdef int64_t _n_flows
 
-    cdef int64_t _counters[32]
+    cdef int64_t _counters[N_COUNTERS]
 
     def __cinit__(self, *args, **kwargs):
         self._prefixes = NULL
@@ -573,10 +573,14 @@ cdef class Engine:
         cdef int64_t i
         if Decision is None:
             _load_common()
-        if limits is None:
+        if not limits:
             limits = Limits()
         self._limits = limits
+        # The reference cannot run with max_flows < 1 either (its first insert would fail); here a
+        # table of at least one slot keeps the C code free of that special case.
         self._max_flows = max(1, int(limits.max_flows))
+        if self._max_flows > 0x3FFFFFFF:
+            raise ValueError("max_flows too large for the compiled flow table")
         self._t_syn = limits.tcp_syn_timeout_us
         self._t_est = limits.tcp_established_timeout_us
         self._t_closing = limits.tcp_closing_timeout_us
@@ -587,8 +591,9 @@ cdef class Engine:
         self._max_ext = limits.max_ipv6_ext_headers
         self._events = []
         memset(self._counters, 0, sizeof(self._counters))
-        # One slab for all flows; calloc'ed so pages never touched cost nothing.
+        # One slab for all flows; calloc'ed, so pages never touched cost no memory.
         self._flows = <CFlow*>calloc(self._max_flows, sizeof(CFlow))
+        # At most half-full buckets: chains stay ~1 long.
         nb = 16
         while nb < <uint64_t>self._max_flows * 2:
             nb <<= 1
@@ -603,6 +608,7 @@ cdef class Engine:
         self._lru_head = -1
         self._lru_tail = -1
         self._n_flows = 0
+        self._generation = 0
         self.set_policy(policy)
 
     def __dealloc__(self):
@@ -610,7 +616,7 @@ cdef class Engine:
         free(self._flows)
         free(self._buckets)
 
-    cdef void _free_policy(self):
+    cdef void _free_policy(self) noexcept:
         free(self._prefixes)
         free(self._rules)
         free(self._nets)
@@ -627,8 +633,9 @@ cdef class Engine:
     # --- policy ---------------------------------------------------------------------------------
 
     def set_policy(self, policy):
-        """Compile a CompiledPolicy snapshot into C arrays; flows keep their state."""
-        cdef int32_t i, j, nn = 0, npr = 0, ni = 0
+        """Swap the policy. Existing flows keep their state; each is decided again (with the new
+        rules) on its next packet, so a flow the new policy denies is cut."""
+        cdef Py_ssize_t i, nn = 0, npr = 0, ni = 0
         cdef CRule* r
         zones = policy.zones
         prefixes = policy.prefixes
@@ -643,10 +650,9 @@ cdef class Engine:
         cdef CPortRange* cpr = <CPortRange*>calloc(npr + 1, sizeof(CPortRange))
         cdef int32_t* ci = <int32_t*>calloc(ni + 1, sizeof(int32_t))
         cdef uint8_t* cz = <uint8_t*>calloc(len(zones) + 1, sizeof(uint8_t))
-        if not (cp and cr and cn and cpr and ci and cz):
-            free(cp); free(cr); free(cn); free(cpr); free(ci); free(cz)
-            raise MemoryError()
         try:
+            if not (cp and cr and cn and cpr and ci and cz):
+                raise MemoryError()
             for i, (net, plen, zone) in enumerate(prefixes):
                 split_prefix(net, plen, &cp[i].hi, &cp[i].lo, &cp[i].mhi, &cp[i].mlo)
                 cp[i].zone = zone
@@ -659,8 +665,7 @@ cdef class Engine:
                 r = &cr[i]
                 r.from_zone = rs.from_zone
                 r.to_zone = rs.to_zone
-                # action -> verdict: deny 0 -> DROP 0, allow 1 -> ACCEPT 1, inspect 2 -> INSPECT 2
-                r.verdict = rs.action
+                r.verdict = ACCEPT if rs.action == ACT_ALLOW else INSPECT if rs.action == ACT_INSPECT else DROP
                 r.proto = rs.proto
                 r.src_net0 = nn
                 r.src_net_n = len(rs.src_nets)
@@ -690,8 +695,14 @@ cdef class Engine:
                     ci[ni] = t
                     ni += 1
         except BaseException:
-            free(cp); free(cr); free(cn); free(cpr); free(ci); free(cz)
+            free(cp)
+            free(cr)
+            free(cn)
+            free(cpr)
+            free(ci)
+            free(cz)
             raise
+        # nothing can fail from here on: the swap is all or nothing
         self._free_policy()
         self._prefixes = cp
         self._n_prefixes = len(prefixes)
@@ -702,10 +713,10 @@ cdef class Engine:
         self._icmp_types = ci
         self._zone_intra_allow = cz
         self._n_zones = len(zones)
-        self._ifaces = dict(policy.interfaces)
-        self._generation = policy.generation
+        self._interfaces = policy.interfaces
         self._malformed_accept = bool(policy.malformed_accept)
         self._policy = policy
+        self._generation += 1
 
     @property
     def policy(self):
@@ -721,20 +732,21 @@ cdef class Engine:
         cdef CPrefix* p
         for i in range(self._n_prefixes):
             p = &self._prefixes[i]
-            if (hi & p.mhi) == p.hi and (lo & p.mlo) == p.lo:
+            if (lo & p.mlo) == p.lo and (hi & p.mhi) == p.hi:
                 return p.zone
         return -1
 
-    cdef int32_t _match_rules(self, int32_t sz, int32_t dz, int proto,
-                              uint64_t s_hi, uint64_t s_lo, uint64_t d_hi, uint64_t d_lo,
-                              int sport, int dport, int icmp_type, bint has_ports,
-                              int32_t* verdict) noexcept nogil:
-        """First matching rule index (verdict in *verdict), or -1 with the zone default."""
+    cdef int32_t _match(self, uint64_t s_hi, uint64_t s_lo, uint64_t d_hi, uint64_t d_lo,
+                        int32_t sport, int32_t dport, int32_t proto, int32_t sz, int32_t dz,
+                        int32_t* verdict) noexcept nogil:
+        """reference._match: first matching rule index (verdict in *verdict); -1 = zone default."""
         cdef int32_t i, j
         cdef CRule* r
         cdef CNet* nt
         cdef CPortRange* pr
         cdef bint ok
+        cdef bint ports = proto == 6 or proto == 17
+        cdef bint icmp = proto == 1 or proto == 58
         for i in range(self._n_rules):
             r = &self._rules[i]
             if r.from_zone != sz or r.to_zone != dz:
@@ -760,35 +772,33 @@ cdef class Engine:
                 if not ok:
                     continue
             if r.sport_n:
-                if not has_ports:
-                    continue
                 ok = False
-                for j in range(r.sport0, r.sport0 + r.sport_n):
-                    pr = &self._ports[j]
-                    if pr.lo <= sport <= pr.hi:
-                        ok = True
-                        break
+                if ports:
+                    for j in range(r.sport0, r.sport0 + r.sport_n):
+                        pr = &self._ports[j]
+                        if pr.lo <= sport <= pr.hi:
+                            ok = True
+                            break
                 if not ok:
                     continue
             if r.dport_n:
-                if not has_ports:
-                    continue
                 ok = False
-                for j in range(r.dport0, r.dport0 + r.dport_n):
-                    pr = &self._ports[j]
-                    if pr.lo <= dport <= pr.hi:
-                        ok = True
-                        break
+                if ports:
+                    for j in range(r.dport0, r.dport0 + r.dport_n):
+                        pr = &self._ports[j]
+                        if pr.lo <= dport <= pr.hi:
+                            ok = True
+                            break
                 if not ok:
                     continue
             if r.icmp_n:
-                if icmp_type < 0:
-                    continue
+                # ICMP type travels in sport, as in events
                 ok = False
-                for j in range(r.icmp0, r.icmp0 + r.icmp_n):
-                    if self._icmp_types[j] == icmp_type:
-                        ok = True
-                        break
+                if icmp:
+                    for j in range(r.icmp0, r.icmp0 + r.icmp_n):
+                        if self._icmp_types[j] == sport:
+                            ok = True
+                            break
                 if not ok:
                     continue
             verdict[0] = r.verdict
@@ -850,6 +860,7 @@ cdef class Engine:
         self._lru_tail = i
 
     cdef inline void _touch(self, int32_t i) noexcept nogil:
+        # OrderedDict.move_to_end
         if self._lru_tail != i:
             self._lru_unlink(i)
             self._lru_push_mru(i)
@@ -874,11 +885,14 @@ cdef class Engine:
         self._free_head = i
         self._n_flows -= 1
 
-    cdef int32_t _alloc(self) noexcept nogil:
-        """A free slot, evicting the least recently seen flow when the table is full."""
+    cdef int32_t _insert(self, uint64_t a_hi, uint64_t a_lo, uint64_t b_hi, uint64_t b_lo,
+                         uint32_t pa, uint32_t pb, uint32_t proto) noexcept nogil:
+        """A new zeroed flow at the MRU end; evicts the least recently seen one when full."""
         cdef int32_t i
+        cdef CFlow* f
+        cdef uint64_t b
         if self._n_flows >= self._max_flows:
-            self._remove(self._lru_head)
+            self._remove(self._lru_head)  # OrderedDict.popitem(last=False)
             self._counters[C_FLOWS_EVICTED] += 1
         if self._free_head >= 0:
             i = self._free_head
@@ -886,13 +900,8 @@ cdef class Engine:
         else:
             i = self._high_water
             self._high_water += 1
-        return i
-
-    cdef int32_t _insert(self, uint64_t a_hi, uint64_t a_lo, uint64_t b_hi, uint64_t b_lo,
-                         uint32_t pa, uint32_t pb, uint32_t proto) noexcept nogil:
-        cdef int32_t i = self._alloc()
-        cdef CFlow* f = &self._flows[i]
-        cdef uint64_t b = key_hash(a_hi, a_lo, b_hi, b_lo, pa, pb, proto) & self._bucket_mask
+        f = &self._flows[i]
+        b = key_hash(a_hi, a_lo, b_hi, b_lo, pa, pb, proto) & self._bucket_mask
         memset(f, 0, sizeof(CFlow))
         f.a_hi = a_hi
         f.a_lo = a_lo
@@ -907,6 +916,16 @@ cdef class Engine:
         self._lru_push_mru(i)
         self._n_flows += 1
         return i
+
+    cdef inline int32_t _lookup(self, uint64_t a_hi, uint64_t a_lo, uint64_t b_hi, uint64_t b_lo,
+                                uint32_t pa, uint32_t pb, uint32_t proto, int64_t ts) noexcept nogil:
+        """Find a flow; an entry idle past its state's timeout is removed (counted) and absent."""
+        cdef int32_t fi = self._find(a_hi, a_lo, b_hi, b_lo, pa, pb, proto)
+        if fi >= 0 and ts - self._flows[fi].last_us > self._timeout(&self._flows[fi]):
+            self._remove(fi)
+            self._counters[C_FLOWS_EXPIRED] += 1
+            return -1
+        return fi
 
     @property
     def flow_count(self):
@@ -930,279 +949,271 @@ cdef class Engine:
     # --- events / counters ----------------------------------------------------------------------
 
     def pop_events(self):
-        ev = self._events
+        events = self._events
         self._events = []
-        return ev
+        return events
 
     def counters(self):
         cdef int i
         out = {}
-        for i in range(10):
+        for i in range(C_DROP0):
             out[_COUNTER_NAMES[i]] = self._counters[i]
         for i in range(N_REASONS):
-            out["drop_" + _REASONS[i]] = self._counters[C_DROP0 + i]
+            out[_DROP_COUNTERS[i]] = self._counters[C_DROP0 + i]
+        out["flows"] = self._n_flows
         return out
 
-    cdef void _event(self, int kind, int64_t ts, uint64_t fid, CPacket* pk, int32_t sz, int32_t dz,
-                     int verdict, int rule, int reason):
-        self._events.append(RawEvent(
-            kind, ts, fid, pk.family, u128(pk.src_hi, pk.src_lo), u128(pk.dst_hi, pk.dst_lo),
-            pk.sport, pk.dport, pk.proto, sz, dz, verdict, rule, reason))
+    cdef inline void _count(self, int verdict, int reason) noexcept nogil:
+        # reference._count_packet
+        self._counters[C_PACKETS] += 1
+        if verdict == DROP:
+            self._counters[C_DROPPED] += 1
+            self._counters[C_DROP0 + reason] += 1
+        elif verdict == ACCEPT:
+            self._counters[C_ACCEPTED] += 1
+        elif verdict == INSPECT:
+            self._counters[C_INSPECTED] += 1
+        else:
+            self._counters[C_FRAGMENTS] += 1
 
-    # --- the decision ---------------------------------------------------------------------------
-
-    cdef inline void _finish(self, CDecision* d, int verdict, int reason, int rule, int32_t sz, int32_t dz,
-                             uint64_t fid) noexcept nogil:
+    cdef inline void _set(self, CDecision* d, int verdict, int reason, int rule, int32_t sz, int32_t dz,
+                          uint64_t fid) noexcept nogil:
+        self._count(verdict, reason)
         d.verdict = verdict
         d.reason = reason
         d.rule = rule
         d.src_zone = sz
         d.dst_zone = dz
         d.flow_id = fid
-        if verdict == ACCEPT:
-            self._counters[C_ACCEPTED] += 1
-        elif verdict == INSPECT:
-            self._counters[C_INSPECTED] += 1
-        elif verdict == FRAGMENT:
-            self._counters[C_FRAGMENTS] += 1
-        else:
-            self._counters[C_DROPPED] += 1
-            self._counters[C_DROP0 + reason] += 1
 
-    cdef int _decide(self, const uint8_t* p, Py_ssize_t n, int64_t ts, int32_t in_zone, int32_t out_zone,
-                     CDecision* d) except -1:
-        cdef CPacket pk
-        cdef int st, verdict
-        cdef int32_t sz, dz, pz, rule, fi
-        cdef int32_t vv
-        cdef CFlow* f
-        cdef bint src_is_a, from_init
-        cdef uint64_t a_hi, a_lo, b_hi, b_lo
-        cdef uint32_t pa, pb
-        cdef int flags
-        self._counters[C_PACKETS] += 1
-        st = parse_ip(p, n, self._max_ext, &pk)
-        if st == ST_FRAGMENT:
-            self._finish(d, FRAGMENT, R_FRAGMENT, -1, -1, -1, 0)
-            return 0
-        if st == ST_MALFORMED:
-            verdict = ACCEPT if self._malformed_accept else DROP
-            self._finish(d, verdict, R_MALFORMED, -1, -1, -1, 0)
-            self._event(EV_ANOMALY, ts, 0, &pk, -1, -1, verdict, -1, R_MALFORMED)
-            return 0
-        if st == ST_RH0:
-            self._finish(d, DROP, R_IPV6_RH0, -1, -1, -1, 0)
-            self._event(EV_ANOMALY, ts, 0, &pk, -1, -1, DROP, -1, R_IPV6_RH0)
-            return 0
-
-        # 2. zones
-        pz = self._zone_of(pk.src_hi, pk.src_lo)
-        if in_zone >= 0:
-            sz = in_zone
-            if pz >= 0 and pz != in_zone:
-                dz = self._zone_of(pk.dst_hi, pk.dst_lo)
-                if dz < 0:
-                    dz = out_zone
-                self._finish(d, DROP, R_ZONE_MISMATCH, -1, sz, dz, 0)
-                self._event(EV_ANOMALY, ts, 0, &pk, sz, dz, DROP, -1, R_ZONE_MISMATCH)
-                return 0
-        else:
-            sz = pz
-        dz = self._zone_of(pk.dst_hi, pk.dst_lo)
-        if dz < 0:
-            dz = out_zone
-        if sz < 0 or dz < 0:
-            self._finish(d, DROP, R_UNKNOWN_ZONE, -1, sz, dz, 0)
-            self._event(EV_DROP, ts, 0, &pk, sz, dz, DROP, -1, R_UNKNOWN_ZONE)
-            return 0
-
-        # 3. ICMP errors: decided by the flow of the quoted packet, never create one
-        if pk.icmp_kind == ICMPK_ERROR:
-            if (pk.e_src_hi < pk.e_dst_hi or (pk.e_src_hi == pk.e_dst_hi and (pk.e_src_lo < pk.e_dst_lo or (
-                    pk.e_src_lo == pk.e_dst_lo and pk.e_kport_s <= pk.e_kport_d)))):
-                fi = self._lookup(pk.e_src_hi, pk.e_src_lo, pk.e_dst_hi, pk.e_dst_lo,
-                                  pk.e_kport_s, pk.e_kport_d, pk.e_proto, ts)
-            else:
-                fi = self._lookup(pk.e_dst_hi, pk.e_dst_lo, pk.e_src_hi, pk.e_src_lo,
-                                  pk.e_kport_d, pk.e_kport_s, pk.e_proto, ts)
-            if fi >= 0 and self._flows[fi].verdict != DROP:
-                f = &self._flows[fi]
-                self._finish(d, ACCEPT, R_RELATED, f.rule, sz, dz, f.flow_id)
-                return 0
-            self._finish(d, DROP, R_ICMP_NO_FLOW, -1, sz, dz, 0)
-            self._event(EV_DROP, ts, 0, &pk, sz, dz, DROP, -1, R_ICMP_NO_FLOW)
-            return 0
-
-        # canonical key: (addr, port) of A <= B
-        src_is_a = (pk.src_hi < pk.dst_hi or (pk.src_hi == pk.dst_hi and (pk.src_lo < pk.dst_lo or (
-            pk.src_lo == pk.dst_lo and pk.kport_s <= pk.kport_d)))) 
-        if src_is_a:
-            a_hi = pk.src_hi; a_lo = pk.src_lo; b_hi = pk.dst_hi; b_lo = pk.dst_lo
-            pa = pk.kport_s; pb = pk.kport_d
-        else:
-            a_hi = pk.dst_hi; a_lo = pk.dst_lo; b_hi = pk.src_hi; b_lo = pk.src_lo
-            pa = pk.kport_d; pb = pk.kport_s
-        flags = pk.tcp_flags
-
-        # 4. existing flow
-        fi = self._lookup(a_hi, a_lo, b_hi, b_lo, pa, pb, pk.proto, ts)
-        if fi >= 0:
-            f = &self._flows[fi]
-            from_init = (src_is_a == (f.init_is_a != 0))
-            if (pk.proto == 6 and f.tcp_state == TCP_CLOSED and from_init
-                    and (flags & (TH_SYN | TH_ACK)) == TH_SYN):
-                self._remove(fi)  # a new connection reusing the ports of a closed one
-            else:
-                self._touch(fi)
-                f.last_us = ts
-                if f.generation != self._generation:
-                    self._redecide(f, &pk, from_init, sz, dz, ts)
-                if pk.proto == 6:
-                    if flags & TH_RST:
-                        f.tcp_state = TCP_CLOSED
-                    else:
-                        if ((flags & (TH_SYN | TH_ACK)) == (TH_SYN | TH_ACK) and not from_init
-                                and f.tcp_state == TCP_SYN_SENT):
-                            f.tcp_state = TCP_ESTABLISHED
-                        if flags & TH_FIN:
-                            f.fin_mask |= 1 if from_init else 2
-                            if f.fin_mask == 3:
-                                f.tcp_state = TCP_CLOSED
-                            elif f.tcp_state != TCP_CLOSED:
-                                f.tcp_state = TCP_CLOSING
-                self._finish(d, f.verdict, R_FLOW, f.rule, sz, dz, f.flow_id)
-                return 0
-
-        # 5. new flow
-        if pk.proto == 6:
-            if (((flags & (TH_SYN | TH_FIN)) == (TH_SYN | TH_FIN)) or ((flags & (TH_SYN | TH_RST)) == (TH_SYN | TH_RST))
-                    or (flags & 0x3F) == 0):
-                self._finish(d, DROP, R_BAD_TCP_FLAGS, -1, sz, dz, 0)
-                self._event(EV_DROP, ts, 0, &pk, sz, dz, DROP, -1, R_BAD_TCP_FLAGS)
-                return 0
-            if (flags & (TH_SYN | TH_ACK)) != TH_SYN:
-                self._finish(d, DROP, R_NO_FLOW, -1, sz, dz, 0)
-                self._event(EV_DROP, ts, 0, &pk, sz, dz, DROP, -1, R_NO_FLOW)
-                return 0
-        rule = self._match_rules(sz, dz, pk.proto, pk.src_hi, pk.src_lo, pk.dst_hi, pk.dst_lo,
-                                 pk.kport_s, pk.kport_d,
-                                 pk.icmp_type if (pk.proto == 1 or pk.proto == 58) else -1,
-                                 pk.proto == 6 or pk.proto == 17, &vv)
-        fi = self._insert(a_hi, a_lo, b_hi, b_lo, pa, pb, pk.proto)
-        f = &self._flows[fi]
-        f.start_us = ts
-        f.last_us = ts
-        f.flow_id = flow_id_c(a_hi, a_lo, b_hi, b_lo, pa, pb, pk.proto, ts)
-        f.generation = self._generation
-        f.rule = rule
-        f.verdict = vv
-        f.src_zone = sz
-        f.dst_zone = dz
-        f.init_sport = pk.sport
-        f.init_dport = pk.dport
-        f.init_icmp_type = pk.icmp_type
-        f.family = pk.family
-        f.init_is_a = src_is_a
-        f.tcp_state = TCP_SYN_SENT
-        self._counters[C_FLOWS_CREATED] += 1
-        self._finish(d, vv, R_RULE, rule, sz, dz, f.flow_id)
-        self._event(EV_FLOW, ts, f.flow_id, &pk, sz, dz, vv, rule, R_RULE)
+    cdef int _event(self, int kind, int64_t ts, uint64_t fid, int family, uint64_t s_hi, uint64_t s_lo,
+                    uint64_t d_hi, uint64_t d_lo, int sport, int dport, int proto, int32_t sz, int32_t dz,
+                    int verdict, int rule, int reason) except -1:
+        self._events.append(RawEvent(kind, ts, fid, family, u128(s_hi, s_lo), u128(d_hi, d_lo),
+                                     sport, dport, proto, sz, dz, verdict, rule, reason))
         return 0
 
-    cdef int32_t _lookup(self, uint64_t a_hi, uint64_t a_lo, uint64_t b_hi, uint64_t b_lo,
-                         uint32_t pa, uint32_t pb, uint32_t proto, int64_t ts) noexcept nogil:
-        """Find a flow; an entry idle past its timeout is removed (counted) and reported absent."""
-        cdef int32_t fi = self._find(a_hi, a_lo, b_hi, b_lo, pa, pb, proto)
-        if fi >= 0 and ts - self._flows[fi].last_us > self._timeout(&self._flows[fi]):
-            self._remove(fi)
-            self._counters[C_FLOWS_EXPIRED] += 1
-            return -1
-        return fi
+    cdef int _malformed(self, int64_t ts, CDecision* d) except -1:
+        cdef int verdict = ACCEPT if self._malformed_accept else DROP
+        self._set(d, verdict, R_MALFORMED, -1, -1, -1, 0)
+        if verdict == ACCEPT:
+            self._counters[C_MALFORMED_ACCEPTED] += 1
+        self._events.append(RawEvent(EV_ANOMALY, ts, 0, 0, 0, 0, 0, 0, 0, -1, -1, verdict, -1, R_MALFORMED))
+        return 0
 
-    cdef void _redecide(self, CFlow* f, CPacket* pk, bint from_init, int32_t sz, int32_t dz, int64_t ts):
-        """Policy changed since the flow's verdict: decide again as for its first packet."""
-        cdef int32_t isz = sz if from_init else dz
-        cdef int32_t idz = dz if from_init else sz
-        cdef int32_t vv, rule
-        cdef uint64_t s_hi, s_lo, d_hi, d_lo
-        cdef int sp, dp
-        cdef CPacket ev
-        if f.init_is_a:
-            s_hi = f.a_hi; s_lo = f.a_lo; d_hi = f.b_hi; d_lo = f.b_lo; sp = f.pa; dp = f.pb
+    cdef int _drop(self, int kind, int64_t ts, CPacket* p, int32_t sz, int32_t dz, int reason,
+                   CDecision* d) except -1:
+        self._set(d, DROP, reason, -1, sz, dz, 0)
+        self._event(kind, ts, 0, p.family, p.src_hi, p.src_lo, p.dst_hi, p.dst_lo, p.sport, p.dport,
+                    p.proto, sz, dz, DROP, -1, reason)
+        return 0
+
+    # --- the decision ---------------------------------------------------------------------------
+
+    cdef int _decide_ip(self, const uint8_t* data, Py_ssize_t off, Py_ssize_t end, int64_t ts,
+                        int32_t in_zone, int32_t out_zone, CDecision* d) except -1:
+        """reference._decide_ip, with in_if/out_if already mapped to zones (-1: none/unknown)."""
+        cdef CPacket p
+        cdef int status, fl
+        cdef int32_t sz, dz, prefix_zone, rule, fi, verdict
+        cdef CFlow* f
+        cdef bint src_is_a, from_initiator
+        cdef uint64_t a_hi, a_lo, b_hi, b_lo
+        cdef uint32_t pa, pb
+        status = parse_ip(data, off, end, self._max_ext, &p, False)
+        if status == ST_MALFORMED:
+            return self._malformed(ts, d)
+        if status == ST_FRAGMENT:
+            self._set(d, FRAGMENT, R_FRAGMENT, -1, -1, -1, 0)
+            return 0
+        if status == ST_RH0:
+            return self._drop(EV_ANOMALY, ts, &p, -1, -1, R_IPV6_RH0, d)
+
+        # zones: the input interface is authoritative when known; the source prefix must agree
+        sz = in_zone
+        prefix_zone = self._zone_of(p.src_hi, p.src_lo)
+        dz = self._zone_of(p.dst_hi, p.dst_lo)
+        if dz < 0:
+            dz = out_zone
+        if sz >= 0:
+            if prefix_zone >= 0 and prefix_zone != sz:
+                return self._drop(EV_ANOMALY, ts, &p, sz, dz, R_ZONE_MISMATCH, d)
         else:
-            s_hi = f.b_hi; s_lo = f.b_lo; d_hi = f.a_hi; d_lo = f.a_lo; sp = f.pb; dp = f.pa
-        rule = self._match_rules(isz, idz, f.proto, s_hi, s_lo, d_hi, d_lo, sp, dp,
-                                 f.init_icmp_type if (f.proto == 1 or f.proto == 58) else -1,
-                                 f.proto == 6 or f.proto == 17, &vv)
+            sz = prefix_zone
+        if sz < 0 or dz < 0:
+            return self._drop(EV_DROP, ts, &p, sz, dz, R_UNKNOWN_ZONE, d)
+
+        fl = p.flags
+        if p.proto == 6 and (
+                (fl & (TH_SYN | TH_FIN)) == (TH_SYN | TH_FIN)
+                or (fl & (TH_SYN | TH_RST)) == (TH_SYN | TH_RST)
+                or fl == 0
+                or (fl & (TH_FIN | TH_ACK)) == TH_FIN):
+            return self._drop(EV_ANOMALY, ts, &p, sz, dz, R_BAD_TCP_FLAGS, d)
+
+        if p.type == PT_ERROR:
+            return self._related(data, &p, ts, sz, dz, d)
+
+        src_is_a = flow_key(&p, &a_hi, &a_lo, &b_hi, &b_lo, &pa, &pb)
+        fi = self._lookup(a_hi, a_lo, b_hi, b_lo, pa, pb, p.proto, ts)
+        if fi >= 0:
+            f = &self._flows[fi]
+            from_initiator = (src_is_a == f.a_is_initiator) or (a_hi == b_hi and a_lo == b_lo and pa == pb)
+            if (p.proto == 6 and (fl & TH_SYN) and not (fl & TH_ACK) and from_initiator
+                    and f.tcp_state >= TCP_CLOSING):
+                # port reuse after close: a new connection replaces the old flow
+                self._remove(fi)
+                fi = -1
+            if fi >= 0:
+                self._touch(fi)
+                if ts > f.last_us:
+                    f.last_us = ts
+                if p.proto == 6:
+                    tcp_track(f, fl, from_initiator)
+                if f.generation != self._generation:
+                    self._redecide(f, &p, ts, sz, dz, from_initiator)
+                    self._set(d, f.verdict, R_RULE, f.rule, sz, dz, f.flow_id)
+                    return 0
+                self._set(d, f.verdict, R_FLOW, f.rule, sz, dz, f.flow_id)
+                return 0
+
+        if p.proto == 6 and (fl & (TH_SYN | TH_ACK)) != TH_SYN:
+            return self._drop(EV_DROP, ts, &p, sz, dz, R_NO_FLOW, d)
+
+        rule = self._match(p.src_hi, p.src_lo, p.dst_hi, p.dst_lo, p.sport, p.dport, p.proto, sz, dz, &verdict)
+        fi = self._insert(a_hi, a_lo, b_hi, b_lo, pa, pb, p.proto)
+        f = &self._flows[fi]
+        f.verdict = verdict
         f.rule = rule
-        f.verdict = vv
-        f.src_zone = isz
-        f.dst_zone = idz
+        f.src_zone = sz
+        f.dst_zone = dz
+        f.a_is_initiator = src_is_a
+        f.last_us = ts
+        f.start_us = ts
+        f.generation = self._generation
+        f.family = p.family
+        if p.proto == 1 or p.proto == 58:
+            f.first_type = p.sport
+            f.first_code = p.dport
+        f.flow_id = flow_id_c(a_hi, a_lo, b_hi, b_lo, pa, pb, p.proto, ts)
+        self._counters[C_FLOWS_CREATED] += 1
+        self._set(d, verdict, R_RULE, rule, sz, dz, f.flow_id)
+        self._event(EV_FLOW, ts, f.flow_id, p.family, p.src_hi, p.src_lo, p.dst_hi, p.dst_lo, p.sport, p.dport,
+                    p.proto, sz, dz, verdict, rule, R_RULE)
+        return 0
+
+    cdef int _redecide(self, CFlow* f, CPacket* p, int64_t ts, int32_t sz, int32_t dz,
+                       bint from_initiator) except -1:
+        """Decide an existing flow again after a reload, from its initiator's side."""
+        cdef uint64_t s_hi, s_lo, d_hi, d_lo
+        cdef int32_t isport, idport, t, verdict
+        if f.a_is_initiator:
+            s_hi = f.a_hi; s_lo = f.a_lo; d_hi = f.b_hi; d_lo = f.b_lo; isport = f.pa; idport = f.pb
+        else:
+            s_hi = f.b_hi; s_lo = f.b_lo; d_hi = f.a_hi; d_lo = f.a_lo; isport = f.pb; idport = f.pa
+        if not from_initiator:
+            t = sz
+            sz = dz
+            dz = t
+        if f.proto == 1 or f.proto == 58:
+            isport = f.first_type
+            idport = f.first_code
+        f.rule = self._match(s_hi, s_lo, d_hi, d_lo, isport, idport, f.proto, sz, dz, &verdict)
+        f.verdict = verdict
+        f.src_zone = sz
+        f.dst_zone = dz
         f.generation = self._generation
         self._counters[C_FLOWS_REDECIDED] += 1
-        memset(&ev, 0, sizeof(CPacket))
-        ev.family = f.family
-        ev.proto = f.proto
-        ev.src_hi = s_hi
-        ev.src_lo = s_lo
-        ev.dst_hi = d_hi
-        ev.dst_lo = d_lo
-        ev.sport = f.init_sport
-        ev.dport = f.init_dport
-        self._event(EV_FLOW, ts, f.flow_id, &ev, isz, idz, vv, rule, R_RULE)
+        self._event(EV_FLOW, ts, f.flow_id, p.family, s_hi, s_lo, d_hi, d_lo, isport, idport, f.proto,
+                    sz, dz, f.verdict, f.rule, R_RULE)
+        return 0
+
+    cdef int _related(self, const uint8_t* data, CPacket* p, int64_t ts, int32_t sz, int32_t dz,
+                      CDecision* d) except -1:
+        """ICMP error: pass it only if it quotes a packet of a known, not denied flow."""
+        cdef CPacket q
+        cdef int status
+        cdef int32_t fi
+        cdef uint64_t a_hi, a_lo, b_hi, b_lo
+        cdef uint32_t pa, pb
+        cdef CFlow* f
+        status = parse_ip(data, p.inner_off, p.inner_end, self._max_ext, &q, True)
+        if status == ST_OK and q.family == p.family:
+            flow_key(&q, &a_hi, &a_lo, &b_hi, &b_lo, &pa, &pb)
+            fi = self._lookup(a_hi, a_lo, b_hi, b_lo, pa, pb, q.proto, ts)
+            if fi >= 0 and self._flows[fi].verdict != DROP:
+                f = &self._flows[fi]
+                self._set(d, ACCEPT, R_RELATED, f.rule, sz, dz, f.flow_id)
+                return 0
+        return self._drop(EV_DROP, ts, p, sz, dz, R_ICMP_NO_FLOW, d)
 
     # --- public entry points --------------------------------------------------------------------
 
     def decide(self, packet, int64_t ts_us, in_if=None, out_if=None):
         """Decide one IP packet (no link header). Never raises on malformed input."""
         cdef const uint8_t[::1] view
-        cdef const uint8_t* p = NULL
+        cdef const uint8_t* data = NULL
         cdef Py_ssize_t n = 0
         cdef CDecision d
         cdef int32_t in_zone = -1, out_zone = -1
-        if isinstance(packet, bytes):
+        if type(packet) is bytes:
             n = len(<bytes>packet)
-            p = <const uint8_t*><char*>(<bytes>packet)
+            data = <const uint8_t*><char*>(<bytes>packet)
         else:
             view = memoryview(packet).cast("B")
             n = view.shape[0]
             if n:
-                p = &view[0]
+                data = &view[0]
         if in_if is not None:
-            in_zone = self._ifaces.get(in_if, -1)
+            in_zone = self._interfaces.get(in_if, -1)
         if out_if is not None:
-            out_zone = self._ifaces.get(out_if, -1)
-        self._decide(p, n, ts_us, in_zone, out_zone, &d)
+            out_zone = self._interfaces.get(out_if, -1)
+        self._decide_ip(data, 0, n, ts_us, in_zone, out_zone, &d)
         return Decision(d.verdict, d.reason, d.rule, d.src_zone, d.dst_zone, d.flow_id)
 
     def decide_frames(self, buf, const long long[::1] offsets, const long long[::1] lengths,
                       const long long[::1] ts_us, int linktype, unsigned char[::1] out):
-        """Decide a batch of link-layer frames; out[i] = verdict byte of frame i."""
+        """Decide a batch of link-layer frames (pcap records in one buffer); out[i] = verdict of frame i.
+
+        Frames whose link layer is not IPv4/IPv6 get DROP, reason non_ip, and no event.
+        """
         cdef const uint8_t[::1] view = memoryview(buf).cast("B")
-        cdef const uint8_t* base = &view[0] if view.shape[0] > 0 else NULL
+        cdef const uint8_t* data = &view[0] if view.shape[0] > 0 else NULL
         cdef Py_ssize_t total = view.shape[0]
-        cdef Py_ssize_t i, nframes = offsets.shape[0], off, ln, ip
+        cdef Py_ssize_t i, nframes = offsets.shape[0], start, end, ip
         cdef CDecision d
+        if not (linktype == 0 or linktype == 1 or linktype == 101 or linktype == 113 or linktype == 228
+                or linktype == 229 or linktype == 276):
+            raise ValueError(f"unsupported link type {linktype}")
         if lengths.shape[0] < nframes or ts_us.shape[0] < nframes or out.shape[0] < nframes:
             raise ValueError("decide_frames: lengths, ts_us and out must cover every offset")
+        # Frame bounds come from the caller (scan_pcap_records), not from the packets: check them
+        # all before deciding anything, so a caller bug is an error and never a read past buf.
         for i in range(nframes):
-            off = offsets[i]
-            ln = lengths[i]
-            # clamp to the buffer: a corrupt record length must not read past it
-            if off < 0 or off > total:
-                off = total
-                ln = 0
-            if ln < 0:
-                ln = 0
-            if ln > total - off:
-                ln = total - off
-            ip = link_strip(base + off, ln, linktype) if ln > 0 else -1
-            if ip < 0:
-                self._counters[C_PACKETS] += 1
-                self._counters[C_NON_IP] += 1
-                self._counters[C_DROPPED] += 1
-                self._counters[C_DROP0 + R_NON_IP] += 1
+            if offsets[i] < 0 or lengths[i] < 0 or offsets[i] + lengths[i] > total:
+                raise ValueError(f"decide_frames: frame {i} lies outside the buffer")
+        for i in range(nframes):
+            start = offsets[i]
+            end = start + lengths[i]
+            ip = ip_offset(data, start, end, linktype)
+            if ip == -2:
+                self._count(DROP, R_NON_IP)
                 out[i] = DROP
-                continue
-            self._decide(base + off + ip, ln - ip, ts_us[i], -1, -1, &d)
-            out[i] = d.verdict
+            elif ip < 0:
+                self._malformed(ts_us[i], &d)
+                out[i] = d.verdict
+            else:
+                self._decide_ip(data, ip, end, ts_us[i], -1, -1, &d)
+                out[i] = d.verdict
+
+
+cdef inline void tcp_track(CFlow* f, int fl, bint from_initiator) noexcept nogil:
+    # reference._tcp_track
+    if fl & TH_RST:
+        f.tcp_state = TCP_CLOSED
+        return
+    if (fl & TH_SYN) and (fl & TH_ACK) and not from_initiator and f.tcp_state == TCP_SYN_SENT:
+        f.tcp_state = TCP_ESTABLISHED
+    if fl & TH_FIN:
+        f.fin_mask |= 1 if from_initiator else 2
+        f.tcp_state = TCP_CLOSED if f.fin_mask == 3 else TCP_CLOSING
