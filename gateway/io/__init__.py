@@ -1,0 +1,1 @@
+"""Adapters' I/O: capture files (pcap, pcapng) and the JSON-lines event log."""

@@ -1,0 +1,1 @@
+"""Stream-level, sans-I/O layers: IP defragmentation (replay) and, later, TCP reassembly."""
