@@ -1,0 +1,193 @@
+"""Read, validate, check and compile a policy file; report every problem as `FILE:LINE: reason`."""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+from gateway.fastpath.common import CompiledPolicy, Limits
+from gateway.policy.checks import Checker
+from gateway.policy.compiler import compile_limits, compile_policy
+from gateway.policy.errors import ConfigError, ConfigIssue
+from gateway.policy.locate import Locator
+from gateway.policy.locate import Path as KeyPath
+from gateway.policy.model import (
+    GatewaySection,
+    LimitsSection,
+    PolicyConfig,
+    Profile,
+    Rule,
+    Timeouts,
+    Zone,
+    field_keys,
+)
+
+
+@dataclass(frozen=True)
+class LoadedPolicy:
+    config: PolicyConfig
+    compiled: CompiledPolicy
+    limits: Limits
+    notes: list[str] = field(default_factory=list)  # `FILE:LINE: note: ...` / `...: warning: ...`
+
+
+def load_policy(path: str | Path, generation: int = 1) -> LoadedPolicy:
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([ConfigIssue(name, None, f"cannot read policy file: {exc}")]) from None
+    return load_policy_text(text, name, generation)
+
+
+def load_policy_text(text: str, name: str = "<policy>", generation: int = 1) -> LoadedPolicy:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([_syntax_issue(name, exc, text)]) from None
+    loc = Locator(text)
+
+    issues: list[ConfigIssue] = []
+    config: PolicyConfig | None = None
+    try:
+        config = PolicyConfig.model_validate(raw)
+    except ValidationError as exc:
+        issues.extend(ConfigIssue(name, loc.line(_key_path(e["loc"])), _message(e, raw)) for e in exc.errors())
+
+    if config is not None:
+        checker = Checker(
+            name, loc, config.gateway, list(enumerate(config.zones)), list(enumerate(config.rules)),
+            dict(config.profiles), set(), set(), set(),
+        )  # fmt: skip
+    else:
+        checker = _salvage(name, loc, raw)
+    analysis = checker.run()
+    issues.extend(analysis.issues)
+    if issues or config is None:
+        raise ConfigError(sorted(issues, key=lambda i: i.line or 0))
+    compiled = compile_policy(config, analysis.matches, name, generation)
+    notes = [str(n) for n in sorted(analysis.notes, key=lambda i: i.line or 0)]
+    return LoadedPolicy(config=config, compiled=compiled, limits=compile_limits(config.limits), notes=notes)
+
+
+def _syntax_issue(name: str, exc: tomllib.TOMLDecodeError, text: str) -> ConfigIssue:
+    # Python 3.11's TOMLDecodeError has no lineno attribute; the position is in the message
+    msg = str(exc)
+    m = re.search(r"\(at line (\d+), column (\d+)\)", msg)
+    if m:
+        return ConfigIssue(name, int(m.group(1)), f"TOML syntax: {msg[: m.start()].strip()} (column {m.group(2)})")
+    # "(at end of document)": point at the last line
+    return ConfigIssue(name, max(1, len(text.splitlines())), f"TOML syntax: {msg}")
+
+
+def _salvage(name: str, loc: Locator, raw: dict[str, Any]) -> Checker:
+    """The document failed validation: still check what did validate, item by item, so the
+    operator sees the cross-rule and 三層 problems in the same run as the schema errors."""
+
+    def ok(model: type[BaseModel], value: object) -> Any:
+        try:
+            return model.model_validate(value)
+        except ValidationError:
+            return None
+
+    gateway = ok(GatewaySection, raw.get("gateway"))
+    zones: list[tuple[int, Zone]] = []
+    broken_zones: set[str] = set()
+    raw_zones = raw.get("zones")
+    for i, z in enumerate(raw_zones if isinstance(raw_zones, list) else []):
+        model = ok(Zone, z)
+        if model is not None:
+            zones.append((i, model))
+        elif isinstance(z, dict) and isinstance(z.get("name"), str):
+            broken_zones.add(z["name"])
+    profiles: dict[str, Profile] = {}
+    broken_profiles: set[str] = set()
+    raw_profiles = raw.get("profiles")
+    for pname, p in (raw_profiles if isinstance(raw_profiles, dict) else {}).items():
+        model = ok(Profile, p)
+        if model is not None and re.fullmatch(r"[A-Za-z0-9._-]+", pname):
+            profiles[pname] = model
+        else:
+            broken_profiles.add(pname)
+    rules: list[tuple[int, Rule]] = []
+    broken_ids: set[str] = set()
+    raw_rules = raw.get("rules")
+    for i, r in enumerate(raw_rules if isinstance(raw_rules, list) else []):
+        model = ok(Rule, r)
+        if model is not None:
+            rules.append((i, model))
+        elif isinstance(r, dict) and isinstance(r.get("id"), str):
+            broken_ids.add(r["id"])
+    checker = Checker(name, loc, gateway, zones, rules, profiles, broken_zones, broken_profiles, broken_ids)
+    checker.zones_known = isinstance(raw_zones, list)
+    return checker
+
+
+def _key_path(loc: tuple[int | str, ...]) -> KeyPath:
+    return tuple(loc)
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model whose table `loc` points into (for "did you mean" on unknown keys)."""
+    if not loc:
+        return PolicyConfig
+    head, rest = loc[0], loc[1:]
+    if head in ("zones", "rules") and len(rest) == 1:
+        return Zone if head == "zones" else Rule
+    if head == "gateway" and not rest:
+        return GatewaySection
+    if head == "limits":
+        return LimitsSection if not rest else Timeouts if rest == ("timeouts",) else None
+    return None
+
+
+def _where(loc: tuple[int | str, ...], raw: dict[str, Any]) -> str:
+    """A readable name for a config path: `rule "x": dst_ports[1]`, `zone "lgwan": networks[0]`."""
+    parts = list(loc)
+    prefix = ""
+    if len(parts) >= 2 and parts[0] in ("zones", "rules") and isinstance(parts[1], int):
+        items = raw.get(str(parts[0]))
+        item = items[parts[1]] if isinstance(items, list) and parts[1] < len(items) else None
+        key = "name" if parts[0] == "zones" else "id"
+        label = item.get(key) if isinstance(item, dict) else None
+        kind = "zone" if parts[0] == "zones" else "rule"
+        prefix = f'{kind} "{label}"' if isinstance(label, str) else f"{parts[0]}[{parts[1]}]"
+        parts = parts[2:]
+    elif len(parts) >= 2 and parts[0] == "profiles":
+        prefix = f'profile "{parts[1]}"'
+        parts = parts[2:]
+    path = ""
+    for p in parts:
+        path += f"[{p}]" if isinstance(p, int) else (f".{p}" if path else str(p))
+    if prefix and path:
+        return f"{prefix}: {path}"
+    return prefix or path or "(top level)"
+
+
+def _message(err: ErrorDetails, raw: dict[str, Any]) -> str:
+    loc = tuple(err["loc"])
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        model = _model_at(loc[:-1])
+        hint = ""
+        if model is not None:
+            close = difflib.get_close_matches(str(loc[-1]), field_keys(model), n=1)
+            hint = f' (did you mean "{close[0]}"?)' if close else ""
+        return f'{_where(loc[:-1], raw)}: unknown key "{loc[-1]}"{hint}'
+    if kind == "missing":
+        return f'{_where(loc[:-1], raw)}: missing required key "{loc[-1]}"'
+    msg = err["msg"]
+    if kind == "value_error":
+        msg = msg.removeprefix("Value error, ")
+    elif msg.startswith("Input should be"):
+        msg = "must be" + msg[len("Input should be") :] + f", got {err['input']!r}"
+    elif kind == "string_pattern_mismatch":
+        msg = f"{err['input']!r}: names may use only letters, digits, '.', '_' and '-'"
+    return f"{_where(loc, raw)}: {msg}"
