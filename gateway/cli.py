@@ -26,6 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json-summary", help="also write the summary as JSON to this file")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     p.set_defaults(func=_replay)
+
+    # `lab` parses its own sub-actions (up/down/status/exec) in gateway/lab/cli.py
+    p = sub.add_parser("lab", help="namespace lab: up | down | status [--json] | exec HOST -- CMD", add_help=False)
+    p.add_argument("lab_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_lab)
     return parser
 
 
@@ -39,6 +44,12 @@ def _replay(args: argparse.Namespace) -> int:
     from gateway.replay import replay_command
 
     return replay_command(args)
+
+
+def _lab(args: argparse.Namespace) -> int:
+    from gateway.lab.cli import lab_command
+
+    return lab_command(args.lab_args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
