@@ -29,6 +29,7 @@ from gateway.policy.model import (
     Profile,
     Rule,
     Zone,
+    parse_zone_ref,
 )
 
 # "Named hosts": the widest entry accepted where the guideline asks for specific servers
@@ -167,6 +168,12 @@ class Checker:
         self._seen: set[tuple[int, str]] = set()
         self.zone_by_name: dict[str, tuple[int, Zone]] = {}
         self.zones_known = True  # False when the zones list itself is broken: no "unknown zone" findings
+        # rules that validated only after dropping unknown keys: checked, but kept out of the
+        # shadowing analysis (what the unknown key meant is not known)
+        self.salvaged_rules: set[int] = set()
+        # (rule index, rule id, "from"/"to", raw value) of rules that failed validation: their zone
+        # references are still checked so a typo'd zone name shows up in the same run
+        self.broken_refs: list[tuple[int, str, str, object]] = []
 
     # -- reporting --------------------------------------------------------------------------
     def error(self, path: Path, message: str) -> None:
@@ -269,6 +276,13 @@ class Checker:
         raise KeyError(idx)
 
     def check_rules(self) -> None:
+        for pos, rid, key, value in self.broken_refs:
+            try:
+                ref = parse_zone_ref(value)
+            except ValueError:
+                continue  # reported by the schema validation
+            if ref != (ANY_ZONE,):
+                self._zones_of(ref, ("rules", pos, key), rid)
         ids: dict[str, int] = {}
         for pos, r in self.rules:
             base: Path = ("rules", pos)
@@ -467,7 +481,8 @@ class Checker:
     def check_shadowing(self) -> None:
         by_rule: dict[int, list[Match]] = {}
         for m in self.out.matches:
-            by_rule.setdefault(m.pos, []).append(m)
+            if m.pos not in self.salvaged_rules:
+                by_rule.setdefault(m.pos, []).append(m)
         earlier: list[Match] = []
         for pos in sorted(by_rule):
             mine = by_rule[pos]

@@ -91,18 +91,33 @@ def _salvage(name: str, loc: Locator, raw: dict[str, Any]) -> Checker:
     """The document failed validation: still check what did validate, item by item, so the
     operator sees the cross-rule and 三層 problems in the same run as the schema errors."""
 
-    def ok(model: type[BaseModel], value: object) -> Any:
+    def ok(model: type[BaseModel], value: object, droppable: set[str] | None = None) -> tuple[Any, bool]:
+        """(model or None, salvaged). With `droppable`, retry once without the offending keys if
+        every error is on such a key: the item still takes part in the cross checks."""
         try:
-            return model.model_validate(value)
-        except ValidationError:
-            return None
+            return model.model_validate(value), False
+        except ValidationError as exc:
+            if droppable is None or not isinstance(value, dict):
+                return None, False
+            bad = {e["loc"][0] for e in exc.errors() if e["loc"]}
+            if any(e["type"] == "missing" or not e["loc"] for e in exc.errors()) or not bad <= droppable | set(value):
+                return None, False
+            if bad & set(field_keys(model)) - droppable:
+                return None, False
+            try:
+                return model.model_validate({k: v for k, v in value.items() if k not in bad}), True
+            except ValidationError:
+                return None, False
 
-    gateway = ok(GatewaySection, raw.get("gateway"))
+    gateway, _ = ok(GatewaySection, raw.get("gateway"))
     zones: list[tuple[int, Zone]] = []
     broken_zones: set[str] = set()
     raw_zones = raw.get("zones")
+    # a zone whose optional keys are bad is still a zone (name, tier, what validated): keeping it
+    # avoids "unknown zone" noise and still runs the tier checks of rules that use it
+    zone_optional = set(field_keys(Zone)) - {"name", "tier"}
     for i, z in enumerate(raw_zones if isinstance(raw_zones, list) else []):
-        model = ok(Zone, z)
+        model, _ = ok(Zone, z, zone_optional | (set(z) - set(field_keys(Zone)) if isinstance(z, dict) else set()))
         if model is not None:
             zones.append((i, model))
         elif isinstance(z, dict) and isinstance(z.get("name"), str):
@@ -111,22 +126,33 @@ def _salvage(name: str, loc: Locator, raw: dict[str, Any]) -> Checker:
     broken_profiles: set[str] = set()
     raw_profiles = raw.get("profiles")
     for pname, p in (raw_profiles if isinstance(raw_profiles, dict) else {}).items():
-        model = ok(Profile, p)
+        model, _ = ok(Profile, p)
         if model is not None and re.fullmatch(r"[A-Za-z0-9._-]+", pname):
             profiles[pname] = model
         else:
             broken_profiles.add(pname)
     rules: list[tuple[int, Rule]] = []
     broken_ids: set[str] = set()
+    broken_refs: list[tuple[int, str, str, object]] = []
+    salvaged: set[int] = set()
     raw_rules = raw.get("rules")
     for i, r in enumerate(raw_rules if isinstance(raw_rules, list) else []):
-        model = ok(Rule, r)
+        # only unknown keys may be dropped from a rule: dropping a bad dst or port would widen it
+        unknown = set(r) - set(field_keys(Rule)) if isinstance(r, dict) else set()
+        model, was_salvaged = ok(Rule, r, unknown)
         if model is not None:
             rules.append((i, model))
-        elif isinstance(r, dict) and isinstance(r.get("id"), str):
-            broken_ids.add(r["id"])
+            if was_salvaged:
+                salvaged.add(i)
+        elif isinstance(r, dict):
+            if isinstance(r.get("id"), str):
+                broken_ids.add(r["id"])
+            label = r["id"] if isinstance(r.get("id"), str) else f"rules[{i}]"
+            broken_refs += [(i, label, key, r[key]) for key in ("from", "to") if key in r]
     checker = Checker(name, loc, gateway, zones, rules, profiles, broken_zones, broken_profiles, broken_ids)
     checker.zones_known = isinstance(raw_zones, list)
+    checker.salvaged_rules = salvaged
+    checker.broken_refs = broken_refs
     return checker
 
 

@@ -97,7 +97,7 @@ def _parse_icmp_type(v: object) -> int | str:
     raise ValueError(f"unknown ICMP type {v!r}: use a number 0..255 or one of {names}")
 
 
-def _parse_zone_ref(v: object) -> tuple[str, ...]:
+def parse_zone_ref(v: object) -> tuple[str, ...]:
     items = [v] if isinstance(v, str) else v
     if not isinstance(items, list) or not items:
         raise ValueError(f'a zone name, a list of zone names, or "*" (every zone), got {v!r}')
@@ -116,7 +116,7 @@ def _parse_zone_ref(v: object) -> tuple[str, ...]:
 Network = Annotated[IPNetwork, PlainValidator(_parse_network)]
 PortRange = Annotated[tuple[int, int], PlainValidator(_parse_port_range)]
 IcmpType = Annotated[int | str, PlainValidator(_parse_icmp_type)]
-ZoneRef = Annotated[tuple[str, ...], PlainValidator(_parse_zone_ref)]
+ZoneRef = Annotated[tuple[str, ...], PlainValidator(parse_zone_ref)]
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
 InterfaceName = Annotated[str, Field(pattern=r"^[A-Za-z0-9._@:-]+$", max_length=15)]  # IFNAMSIZ - 1
 
