@@ -133,6 +133,7 @@ _COUNTER_NAMES = (
 _DROP_COUNTERS = tuple("drop_" + name for name in _REASONS)
 
 _M64 = (1 << 64) - 1
+_M128 = (1 << 128) - 1
 
 
 # --- byte helpers --------------------------------------------------------------------------------
@@ -506,7 +507,8 @@ cdef void split_prefix(object net, int plen, uint64_t* hi, uint64_t* lo, uint64_
         plen = 0
     if plen > 128:
         plen = 128
-    mask = ((1 << 128) - 1) ^ ((1 << (128 - plen)) - 1)
+    # Python ints on purpose: a C int shift by up to 128 would overflow
+    mask = _M128 ^ ((<object>1 << (128 - plen)) - 1)
     net = net & mask
     hi[0] = (net >> 64) & _M64
     lo[0] = net & _M64
