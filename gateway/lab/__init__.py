@@ -6,6 +6,7 @@ API for tests and scripts::
         run_probes(lab.prefix, [Probe("lgwan-terminal", "lgwan-asp", "tcp", 443)])
 """
 
+from gateway.lab import netns
 from gateway.lab.core import DEFAULT_CONFIG, DEFAULT_PREFIX, DEFAULT_STATE_DIR, DaemonUnavailable, Lab, running_lab
 from gateway.lab.netns import LabError
 from gateway.lab.probe import Probe, ProbeResult, run_probe, run_probes, smtp_client
@@ -26,6 +27,7 @@ __all__ = [
     "Probe",
     "ProbeResult",
     "Zone",
+    "netns",
     "run_probe",
     "run_probes",
     "running_lab",

@@ -35,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=str(DEFAULT_CONFIG), help="policy for the daemon (default %(default)s)")
     p.add_argument("--no-daemon", action="store_true", help="no daemon: the gateway forwards everything")
     p.add_argument("--daemon-arg", action="append", default=[], help="extra argument for `run` (repeatable)")
+    p.add_argument(
+        "--isolate-zones",
+        action="store_true",
+        help="private-VLAN bridges: same-zone traffic is routed through the gateway too (intra_zone policy)",
+    )
     p.add_argument("--keep-on-failure", action="store_true", help="leave a failed lab in place for debugging")
     sub.add_parser("down", parents=[common], help="stop everything the lab started, delete its namespaces")
     p = sub.add_parser("status", parents=[common], help="hosts, daemon, paths")
@@ -46,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_status(st: dict[str, Any]) -> None:
-    print(f"lab: {'up' if st['up'] else 'down'}  (state dir {st['state_dir']})")
+    isolated = ", zones isolated (same-zone traffic routed by the gateway)" if st["isolate_zones"] else ""
+    print(f"lab: {'up' if st['up'] else 'down'}  (state dir {st['state_dir']}{isolated})")
     for name, h in st["hosts"].items():
         addr = ", ".join(f"{a} ({z})" for z, a in h["addresses"].items()) if name == GATEWAY else h["address"]
         print(f"  {name:<18} {h['namespace']:<22} {addr}{'' if h['present'] else '  (missing)'}")
@@ -75,6 +81,7 @@ def lab_command(argv: Sequence[str]) -> int:
     try:
         if args.action == "up":
             lab.daemon_args = args.daemon_arg
+            lab.isolate_zones = args.isolate_zones
             with lab.locked():
                 try:
                     lab.up(daemon=not args.no_daemon)

@@ -83,6 +83,7 @@ class LabState:
     prefix: str
     config: str | None = None
     daemon: bool = False
+    isolate_zones: bool = False
     namespaces: list[str] = field(default_factory=list)
     processes: dict[str, ProcessRecord] = field(default_factory=dict)
     complete: bool = False  # `up` finished
@@ -92,6 +93,7 @@ class LabState:
             "prefix": self.prefix,
             "config": self.config,
             "daemon": self.daemon,
+            "isolate_zones": self.isolate_zones,
             "namespaces": self.namespaces,
             "processes": {k: vars(v) for k, v in self.processes.items()},
             "complete": self.complete,
@@ -103,6 +105,7 @@ class LabState:
             prefix=data["prefix"],
             config=data.get("config"),
             daemon=bool(data.get("daemon")),
+            isolate_zones=bool(data.get("isolate_zones")),
             namespaces=list(data.get("namespaces", [])),
             processes={k: ProcessRecord(**v) for k, v in data.get("processes", {}).items()},
             complete=bool(data.get("complete")),
@@ -139,7 +142,9 @@ class Lab:
         config: Path | str = DEFAULT_CONFIG,
         python: str = sys.executable,
         daemon_args: Sequence[str] = (),
+        isolate_zones: bool = False,
     ) -> None:
+        self.isolate_zones = isolate_zones
         self.state_dir = Path(state_dir).resolve()
         self.prefix = prefix
         self.config = Path(config).resolve()
@@ -244,7 +249,9 @@ class Lab:
         for d in self.maildirs().values():
             d.parent.mkdir(parents=True, exist_ok=True)
             mailbox.Maildir(d, create=True)  # tmp/ new/ cur/, so the paths status prints exist at once
-        self.state = LabState(prefix=self.prefix, config=str(self.config), daemon=daemon)
+        self.state = LabState(
+            prefix=self.prefix, config=str(self.config), daemon=daemon, isolate_zones=self.isolate_zones
+        )
         self._save()
         self._build_topology()
         self._start_hosts()
@@ -283,8 +290,28 @@ class Lab:
                 f"link set {z.name} up",
             ]
         cmds += [f"link set {h.bridge_port} master {h.zone.name} up" for h in HOSTS]
+        if self.isolate_zones:
+            # private VLAN: isolated ports cannot reach each other, only the bridge (the gateway)
+            cmds += [f"link set {h.bridge_port} type bridge_slave isolated on" for h in HOSTS]
         netns.ip_batch(cmds, namespace=gw)
         netns.sysctl(gw, {"net.ipv4.ip_forward": "1"})
+        if self.isolate_zones:
+            # the gateway answers ARP for same-zone hosts and routes their traffic back out of the
+            # same bridge (through FORWARD, where the zone's intra_zone policy applies); no
+            # redirects, which would tell the hosts to try the direct path the switch forbids
+            for z in ZONES:
+                conf = f"net.ipv4.conf.{z.name}"
+                netns.sysctl(
+                    gw,
+                    {
+                        f"{conf}.proxy_arp": "1",
+                        f"{conf}.proxy_arp_pvlan": "1",
+                        f"{conf}.send_redirects": "0",
+                        # proxy ARP answers after a random 0-0.8 s by default: a probe would time out
+                        f"net.ipv4.neigh.{z.name}.proxy_delay": "0",
+                    },
+                )
+            netns.sysctl(gw, {"net.ipv4.conf.all.send_redirects": "0"})
         with contextlib.suppress(FileNotFoundError):  # only with br_netfilter; per namespace since 5.3
             netns.sysctl(
                 gw,
@@ -418,6 +445,7 @@ class Lab:
             "up": state.complete and all(v["present"] for v in hosts.values()),
             "state_dir": str(self.state_dir),
             "config": state.config,
+            "isolate_zones": state.isolate_zones,
             "hosts": hosts,
             "daemon": {"pid": d.pid if d else None, "running": bool(d and d.alive()), "log": d.log if d else None},
             "servers": servers,
@@ -434,7 +462,8 @@ class Lab:
         ns = self.namespace(host)
         if not netns.exists(ns):
             raise LabError(f"namespace {ns} does not exist: is the lab up?")
-        return subprocess.run(netns.exec_argv(ns, argv), check=False, **kwargs)
+        kwargs.setdefault("check", False)
+        return subprocess.run(netns.exec_argv(ns, argv), **kwargs)
 
 
 def _reap() -> None:
@@ -452,13 +481,14 @@ def running_lab(
     *,
     prefix: str = DEFAULT_PREFIX,
     daemon_args: Sequence[str] = (),
+    isolate_zones: bool = False,
     lock_wait_s: float = 300.0,
 ) -> Iterator[Lab]:
     """Bring the lab up, yield it, and always tear it down (also when `up` fails halfway).
 
     Holds the lab lock throughout, so concurrent test runs with the same prefix wait for each other.
     """
-    lab = Lab(state_dir, prefix=prefix, config=config, daemon_args=daemon_args)
+    lab = Lab(state_dir, prefix=prefix, config=config, daemon_args=daemon_args, isolate_zones=isolate_zones)
     with lab.locked(wait_s=lock_wait_s):
         try:
             lab.up(daemon=daemon)
