@@ -126,6 +126,8 @@ POLICIES = (make_policy(0), make_policy(1))
 
 V4_HOSTS = [f"198.18.{n}.{h}" for n in (1, 2, 3, 4) for h in (1, 2)] + ["203.0.113.9"]
 V6_HOSTS = [f"2001:db8:{n}::{h}" for n in (1, 2, 3) for h in (1, 2)] + ["2001:db9::1"]
+Hosts = tuple[list[str], list[str]]
+HOSTS: Hosts = (V4_HOSTS, V6_HOSTS)
 PORTS = [25, 53, 80, 443, 1000, 1001, 40000]
 IFACES = [None, None, None, "eth-a", "eth-b", "eth-wide", "eth-closed", "bogus"]
 
@@ -183,7 +185,7 @@ def ext_header(kind: int, variant: int) -> tuple[int, bytes]:
 
 
 @st.composite
-def l4_segment(draw: st.DrawFn, family: int) -> tuple[int, bytes]:
+def l4_segment(draw: st.DrawFn, family: int, hosts: Hosts) -> tuple[int, bytes]:
     kind = draw(st.sampled_from(["tcp", "tcp", "tcp", "udp", "udp", "icmp", "icmp", "error", "other"]))
     sport, dport = draw(st.sampled_from(PORTS)), draw(st.sampled_from(PORTS))
     if kind == "tcp":
@@ -208,23 +210,23 @@ def l4_segment(draw: st.DrawFn, family: int) -> tuple[int, bytes]:
     if kind == "error":
         errors = (3, 11, 4, 5, 12) if family == 4 else (1, 2, 3, 4)
         itype = draw(st.sampled_from(errors))
-        quoted = draw(packet(quoted=True, family=family))
+        quoted = draw(packet(hosts, quoted=True, family=family))
         cut = draw(st.sampled_from([None, None, 28, 48, 20, 10]))
         return proto, icmp(itype, 0, b"\x00" * 4 + (quoted if cut is None else quoted[:cut]))
     return draw(st.sampled_from([47, 50, 59, 132])), draw(st.binary(max_size=12))
 
 
 @st.composite
-def packet(draw: st.DrawFn, quoted: bool = False, family: int | None = None) -> bytes:
+def packet(draw: st.DrawFn, hosts: Hosts = HOSTS, quoted: bool = False, family: int | None = None) -> bytes:
     """A valid IPv4/IPv6 packet (fragments, options and extension headers included)."""
     fam = family or draw(st.sampled_from([4, 4, 6]))
     if quoted:
         # a quoted packet is the one that caused the error: usually TCP/UDP/echo
-        proto, l4 = draw(l4_segment(fam).filter(lambda seg: seg[0] in (6, 17, 1, 58)))
+        proto, l4 = draw(l4_segment(fam, hosts).filter(lambda seg: seg[0] in (6, 17, 1, 58)))
     else:
-        proto, l4 = draw(l4_segment(fam))
-    hosts = V4_HOSTS if fam == 4 else V6_HOSTS
-    src, dst = draw(st.sampled_from(hosts)), draw(st.sampled_from(hosts))
+        proto, l4 = draw(l4_segment(fam, hosts))
+    pool = hosts[0] if fam == 4 else hosts[1]
+    src, dst = draw(st.sampled_from(pool)), draw(st.sampled_from(pool))
     if fam == 4:
         frag = draw(st.sampled_from([0] * 12 + [0x4000, 0x4000, 0x2000, 0x0010, 0x2010]))
         return ipv4(src, dst, proto, l4, frag, draw(st.sampled_from([0, 0, 0, 1, 10])))
@@ -238,9 +240,9 @@ def packet(draw: st.DrawFn, quoted: bool = False, family: int | None = None) -> 
 
 
 @st.composite
-def mutated(draw: st.DrawFn) -> bytes:
+def mutated(draw: st.DrawFn, hosts: Hosts = HOSTS) -> bytes:
     """A packet, often damaged: truncated, bytes overwritten, trailing garbage, or pure noise."""
-    pkt = draw(packet())
+    pkt = draw(packet(hosts))
     how = draw(st.sampled_from(["ok", "ok", "ok", "ok", "truncate", "corrupt", "trail", "noise"]))
     if how == "truncate":
         return pkt[: draw(st.integers(0, max(0, len(pkt) - 1)))]
@@ -314,12 +316,12 @@ def test_sequences_agree(seq: list[tuple[Any, ...]], limits: Limits, policy: int
 
 
 @st.composite
-def conversations(draw: st.DrawFn) -> list[tuple[Any, ...]]:
+def conversations(draw: st.DrawFn, hosts: Hosts = HOSTS) -> list[tuple[Any, ...]]:
     """Requests and their replies (same 5-tuple both ways), so flows live long enough to be
     replied to, closed, reused, quoted by ICMP errors, evicted and re-decided."""
     out: list[tuple[Any, ...]] = []
     for _ in range(draw(st.integers(1, 25))):
-        pkt = draw(packet())
+        pkt = draw(packet(hosts))
         dt = draw(st.one_of(st.integers(0, 30), st.integers(0, 30), st.sampled_from([45, 120, 40_000_000])))
         out.append(("pkt", pkt, dt, None, None))
         if draw(st.booleans()):
@@ -524,20 +526,51 @@ def test_malformed_input_never_raises() -> None:
     eng.decide(memoryview(b"\x60" * 50), 2)
 
 
-LAB_TOML = Path(__file__).resolve().parent.parent / "configs" / "lab.toml"
+# --- the shipped configurations ------------------------------------------------------------------
+
+CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.toml"))
 
 
-@pytest.mark.skipif(not LAB_TOML.exists(), reason="configs/lab.toml not there yet")
-@SETTINGS
-@given(seq=st.lists(st.tuples(st.just("pkt"), mutated(), st.integers(0, 40), st.just(None), st.just(None))))
-def test_lab_policy_agrees(seq: list[tuple[Any, ...]]) -> None:
-    policy_mod = pytest.importorskip("gateway.policy")
-    _, compiled = policy_mod.load_policy(LAB_TOML)
-    ref = reference.Engine(compiled)
-    cy = fast.Engine(compiled)
+def hosts_of(policy: CompiledPolicy) -> Hosts:
+    """Addresses inside every zone prefix and rule network of a policy (plus one outside all)."""
+    import ipaddress
+
+    nets = [(net, plen) for net, plen, _ in policy.prefixes]
+    for r in policy.rules:
+        nets += list(r.src_nets) + list(r.dst_nets)
+    v4, v6 = {"203.0.113.9"}, {"2001:db9::1"}
+    for net, _ in nets:
+        for delta in (0, 1, 10):
+            value = net + delta
+            if value >> 32 == 0xFFFF:
+                v4.add(str(ipaddress.IPv4Address(value & 0xFFFFFFFF)))
+            else:
+                v6.add(str(ipaddress.IPv6Address(value)))
+    return sorted(v4), sorted(v6)
+
+
+@pytest.mark.skipif(not CONFIGS, reason="no configs/*.toml")
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+@settings(SETTINGS, max_examples=max(10, SETTINGS.max_examples // 3))
+@given(data=st.data())
+def test_shipped_configs_agree(config: Path, data: st.DataObject) -> None:
+    from gateway.policy import load_policy
+
+    loaded = load_policy(config)
+    hosts = hosts_of(loaded.compiled)
+    seq = data.draw(conversations(hosts))
+    ref = reference.Engine(loaded.compiled, loaded.limits)
+    cy = fast.Engine(loaded.compiled, loaded.limits)
     ts = 0
-    for _, pkt, dt, _, _ in seq:
-        ts += dt
-        assert cy.decide(pkt, ts) == ref.decide(pkt, ts)
-        assert cy.pop_events() == ref.pop_events()
+    for i, step in enumerate(seq):
+        if step[0] == "pkt":
+            ts += step[2]
+            assert cy.decide(step[1], ts) == ref.decide(step[1], ts), i
+        elif step[0] == "reload":
+            ref.set_policy(loaded.compiled)
+            cy.set_policy(loaded.compiled)
+        else:
+            assert cy.expire(ts + step[1]) == ref.expire(ts + step[1])
+        assert cy.pop_events() == ref.pop_events(), i
     assert cy.counters() == ref.counters()
+    assert cy.flow_count == ref.flow_count
