@@ -27,6 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
     p.set_defaults(func=_replay)
 
+    p = sub.add_parser("demo", help="synthesize lab traffic, replay it with the lab policy, explain every case")
+    p.add_argument("--config", help="policy file (default: configs/lab.toml)")
+    p.add_argument("--out-dir", default="out/demo", help="where the captures and the event log go")
+    p.add_argument("--seed", type=int, default=1, help="traffic synthesizer seed")
+    p.add_argument("--json", help="also write the per-case results as JSON here")
+    p.set_defaults(func=_demo)
+
     # `lab` parses its own sub-actions (up/down/status/exec) in gateway/lab/cli.py
     p = sub.add_parser("lab", help="namespace lab: up | down | status [--json] | exec HOST -- CMD", add_help=False)
     p.add_argument("lab_args", nargs=argparse.REMAINDER)
@@ -44,6 +51,12 @@ def _replay(args: argparse.Namespace) -> int:
     from gateway.replay import replay_command
 
     return replay_command(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from gateway.demo import demo_command
+
+    return demo_command(args)
 
 
 def _lab(args: argparse.Namespace) -> int:

@@ -706,10 +706,16 @@ def bench_capture(path: str | Path, packets: int = 1_000_000, flows: int = 10_00
         net = ipaddress.IPv4Network(ZONE_NETS[case.src_zone])
         return str(net.network_address + rng.randrange(100, 200))  # lab hosts are below .100
 
-    # ~12% of flows are the rest of the case list (denied, UDP, orphans, fragments, ARP), round robin
+    # one flow of every case first (so every zone pair and odd case is there even in a small
+    # capture), then ~12% of flows are the rest of the case list (denied, UDP, orphans,
+    # fragments, ARP) in turn, and the others the weighted mix
+    n_others = 0
     while n_flows < flows or n_packets < packets:
-        if rng.random() < 0.12:
-            ci, size = others[n_flows % len(others)], 1
+        if n_flows < len(CASES):
+            ci, size = n_flows, 1
+        elif rng.random() < 0.12:
+            ci, size = others[n_others % len(others)], 1
+            n_others += 1
         else:
             ci, _, sizes = rng.choices(mix, weights=[m[1] for m in mix])[0]
             size = rng.choice(sizes)
