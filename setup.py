@@ -10,7 +10,14 @@ setup(
                 "gateway._fastpath",
                 ["cython_ext/fastpath.pyx"],
                 extra_compile_args=["-O3"],
-            )
+            ),
+            # NFQUEUE binding for the live daemon (gateway/io/nfqueue.py)
+            Extension(
+                "gateway._nfq",
+                ["cython_ext/nfq.pyx"],
+                libraries=["netfilter_queue", "nfnetlink"],
+                extra_compile_args=["-O2"],
+            ),
         ],
         compiler_directives={
             "language_level": "3",
