@@ -3,8 +3,8 @@
 Every ordered pair of lab zones (the same zone included: the lab runs with isolated zones, so
 same-zone traffic is routed through the gateway too) is probed on allowed and denied ports. Every
 host listens on every probed port, so a "block" is the gateway's doing, not a closed port. The
-expectations are written from lab-facts.md's policy text, not computed from the policy, so the
-table checks the config and the daemon together. Then the daemon's event log must hold exactly
+expectations (gateway/lab/matrix.py) are written from lab-facts.md's policy text, not computed
+from the policy, so the table checks the config and the daemon together. Then the daemon's event log must hold exactly
 one flow event per attempted flow, with the action the policy gives.
 """
 
@@ -20,6 +20,8 @@ import pytest
 
 from gateway.lab import Lab, Probe, ProbeResult, netns, run_probes, running_lab
 from gateway.lab.core import DEFAULT_CONFIG, daemon_available
+from gateway.lab.matrix import CASES as MATRIX
+from gateway.lab.matrix import DROP
 from gateway.lab.topology import HOSTS_BY_NAME, address_of
 
 needs_root = pytest.mark.skipif(
@@ -32,81 +34,7 @@ needs_daemon = pytest.mark.skipif(
 PREFIX = "lgwe-"
 TIMEOUT_S = 1.0  # a blocked probe costs this once: probes run concurrently
 
-ACCEPT, INSPECT, DROP = "accept", "inspect", "drop"
-
-# (source host, destination host, proto, port, expected event action); pass <=> action != drop
-CASES: list[tuple[str, str, str, int, str]] = [
-    # mynumber -> lgwan-wan: only the information linkage to chukan tcp/443
-    ("mynumber-terminal", "chukan", "tcp", 443, ACCEPT),
-    ("mynumber-server", "chukan", "tcp", 443, ACCEPT),
-    ("mynumber-terminal", "chukan", "tcp", 22, DROP),
-    ("mynumber-terminal", "chukan", "tcp", 25, DROP),
-    ("mynumber-terminal", "lgwan-asp", "tcp", 443, DROP),
-    ("mynumber-terminal", "chukan", "udp", 53, DROP),
-    ("mynumber-terminal", "chukan", "icmp", 0, DROP),
-    # lgwan-wan -> mynumber: nothing, not even the reverse of the allowed flow
-    ("chukan", "mynumber-server", "tcp", 443, DROP),
-    ("lgwan-asp", "mynumber-terminal", "icmp", 0, DROP),
-    # mynumber <-> lgwan
-    ("mynumber-terminal", "lgwan-file", "tcp", 445, DROP),
-    ("mynumber-server", "lgwan-mail", "tcp", 25, DROP),
-    ("lgwan-terminal", "mynumber-server", "tcp", 443, DROP),
-    ("lgwan-terminal", "mynumber-terminal", "icmp", 0, DROP),
-    ("lgwan-file", "mynumber-server", "udp", 7, DROP),
-    # mynumber <-> internet: never
-    ("mynumber-terminal", "internet-host", "tcp", 443, DROP),
-    ("mynumber-terminal", "internet-browser", "tcp", 3389, DROP),
-    ("mynumber-server", "internet-host", "udp", 53, DROP),
-    ("mynumber-terminal", "internet-host", "icmp", 0, DROP),
-    ("internet-host", "mynumber-server", "tcp", 443, DROP),
-    ("internet-relay", "mynumber-terminal", "tcp", 25, DROP),
-    ("internet-host", "mynumber-terminal", "icmp", 0, DROP),
-    # mynumber intra-zone: denied (intra_zone = "deny")
-    ("mynumber-terminal", "mynumber-server", "tcp", 443, DROP),
-    ("mynumber-server", "mynumber-terminal", "icmp", 0, DROP),
-    # lgwan -> lgwan-wan: tcp/25 to any host, tcp/443 to lgwan-asp only, ping
-    ("lgwan-terminal", "chukan", "tcp", 25, ACCEPT),
-    ("lgwan-file", "lgwan-asp", "tcp", 25, ACCEPT),
-    ("lgwan-terminal", "lgwan-asp", "tcp", 443, ACCEPT),
-    ("lgwan-terminal", "chukan", "tcp", 443, DROP),
-    ("lgwan-terminal", "lgwan-asp", "tcp", 22, DROP),
-    ("lgwan-mail", "chukan", "udp", 53, DROP),
-    ("lgwan-terminal", "chukan", "icmp", 0, ACCEPT),
-    # lgwan-wan -> lgwan: ping only
-    ("chukan", "lgwan-file", "icmp", 0, ACCEPT),
-    ("lgwan-asp", "lgwan-mail", "tcp", 25, DROP),
-    ("chukan", "lgwan-terminal", "tcp", 3389, DROP),
-    ("lgwan-asp", "lgwan-terminal", "udp", 7, DROP),
-    # lgwan intra-zone and lgwan-wan intra-zone: allowed (default intra_zone = "allow")
-    ("lgwan-terminal", "lgwan-file", "tcp", 445, ACCEPT),
-    ("lgwan-terminal", "lgwan-mail", "udp", 53, ACCEPT),
-    ("chukan", "lgwan-asp", "tcp", 443, ACCEPT),
-    # lgwan -> internet: outbound mail (inspected) from lgwan-mail to the relay; 画面転送
-    ("lgwan-mail", "internet-relay", "tcp", 25, INSPECT),
-    ("lgwan-terminal", "internet-browser", "tcp", 3389, ACCEPT),
-    ("lgwan-file", "internet-browser", "tcp", 3389, DROP),
-    ("lgwan-terminal", "internet-host", "tcp", 3389, DROP),
-    ("lgwan-terminal", "internet-browser", "tcp", 443, DROP),
-    ("lgwan-mail", "internet-host", "tcp", 25, DROP),
-    ("lgwan-terminal", "internet-host", "udp", 53, DROP),
-    ("lgwan-terminal", "internet-host", "icmp", 0, DROP),
-    # internet -> lgwan: inbound mail (inspected) from the relay to lgwan-mail only
-    ("internet-relay", "lgwan-mail", "tcp", 25, INSPECT),
-    ("internet-host", "lgwan-mail", "tcp", 25, DROP),
-    ("internet-relay", "lgwan-terminal", "tcp", 25, DROP),
-    ("internet-browser", "lgwan-terminal", "tcp", 3389, DROP),
-    ("internet-host", "lgwan-file", "icmp", 0, DROP),
-    ("internet-host", "lgwan-terminal", "udp", 7, DROP),
-    # lgwan-wan <-> internet: nothing
-    ("lgwan-asp", "internet-host", "tcp", 443, DROP),
-    ("chukan", "internet-relay", "tcp", 25, DROP),
-    ("lgwan-asp", "internet-host", "icmp", 0, DROP),
-    ("internet-host", "lgwan-asp", "tcp", 443, DROP),
-    ("internet-relay", "chukan", "udp", 7, DROP),
-    ("internet-host", "chukan", "icmp", 0, DROP),
-    # internet intra-zone: allowed
-    ("internet-host", "internet-browser", "tcp", 3389, ACCEPT),
-]
+CASES = [(c.src, c.dst, c.proto, c.port, c.action) for c in MATRIX]  # (src, dst, proto, port, event action)
 
 
 def test_table_covers_every_zone_pair() -> None:

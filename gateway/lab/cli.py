@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("down", parents=[common], help="stop everything the lab started, delete its namespaces")
     p = sub.add_parser("status", parents=[common], help="hosts, daemon, paths")
     p.add_argument("--json", action="store_true", help="one JSON object")
+    p = sub.add_parser(
+        "probe", parents=[common], help="real traffic across every zone pair: what passed, what was blocked"
+    )
+    p.add_argument("--timeout", type=float, default=1.0, help="seconds before a probe counts as blocked")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     p = sub.add_parser("exec", parents=[common], help="run a command in a host's namespace: exec HOST -- CMD")
     p.add_argument("host")
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="the command (after --)")
@@ -70,6 +75,26 @@ def _print_status(st: dict[str, Any]) -> None:
     for host, path in paths["maildirs"].items():
         print(f"maildir:    {path}  ({host})")
     print(f"logs:       {paths['logs']}")
+
+
+def _probe(lab: Lab, timeout: float, as_json: bool) -> int:
+    from gateway.lab.matrix import cases_for, matrix_json, print_report, run_matrix, send_test_mail
+
+    st = lab.status()
+    if not st["up"]:
+        raise LabError("the lab is not up: `lgwan-gateway lab up` first")
+    if st["daemon"]["pid"] is None and not as_json:
+        print("note: no daemon in this lab (--no-daemon): the gateway forwards everything\n")
+    cases = cases_for(st["isolate_zones"])
+    results = run_matrix(lab, cases, timeout=timeout)
+    mail = send_test_mail(lab)
+    if as_json:
+        print(matrix_json(results, cases, mail))
+        return 0 if all(r.passed == c.passes for r, c in zip(results, cases, strict=True)) else 1
+    ok = print_report(lab, results, cases, mail)
+    if not st["isolate_zones"]:
+        print("(same-zone rows left out: `lab up --isolate-zones` routes them through the gateway)")
+    return 0 if ok else 1
 
 
 def lab_command(argv: Sequence[str]) -> int:
@@ -104,6 +129,8 @@ def lab_command(argv: Sequence[str]) -> int:
             else:
                 _print_status(st)
             return 0
+        if args.action == "probe":
+            return _probe(lab, args.timeout, args.json)
         cmd = list(args.cmd)
         if cmd and cmd[0] == "--":
             cmd = cmd[1:]
