@@ -210,3 +210,11 @@ def test_isolated_zones_route_same_zone_traffic_through_forward(tmp_path: Path) 
         (r,) = run_probes(lab.prefix, [same_zone], timeout=0.5)
         assert not r.passed  # the gateway's FORWARD chain decided a same-zone flow
         assert netns.exists(gw)
+
+
+def test_probe_command_without_daemon_sees_everything_pass(lab: Lab) -> None:
+    r = _cli("probe", "--json", "--timeout", "0.5", "--prefix", PREFIX, "--state-dir", str(lab.state_dir))
+    out = json.loads(r.stdout)
+    assert r.returncode == 1  # denied rows pass without a daemon: they differ from the policy
+    assert out["flows"] and all(f["passed"] for f in out["flows"])
+    assert out["mail"]["delivered"] and out["mail"]["attachment_kept"]
