@@ -38,6 +38,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("lab", help="namespace lab: up | down | status [--json] | exec HOST -- CMD", add_help=False)
     p.add_argument("lab_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=_lab)
+
+    # live daemon (gateway/daemon.py); the options mirror gateway.daemon.settings_for
+    p = sub.add_parser("run", help="run the live gateway: NFQUEUE daemon with its iptables rules (root)")
+    p.add_argument("--config", required=True, help="TOML policy file")
+    p.add_argument("--queue", type=int, help="first NFQUEUE number (default 0)")
+    p.add_argument("--workers", type=int, help="worker processes, one queue each (default 1)")
+    p.add_argument("--events", help="append the JSON-lines event log here ('-' for stdout)")
+    p.add_argument("--metrics-port", type=int, help="Prometheus port (default 9687, 0 = off)")
+    p.add_argument("--metrics-address", help="address of the metrics endpoint (default 127.0.0.1)")
+    p.add_argument("--no-offload", action="store_true", help="send every packet of every flow through the engine")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("rules", help="print the iptables-restore input `run` installs, or --remove the rules")
+    p.add_argument("--config", help="TOML policy file")
+    p.add_argument("--queue", type=int, help="first NFQUEUE number (default 0)")
+    p.add_argument("--workers", type=int, help="worker processes / queues (default 1)")
+    p.add_argument("--no-offload", action="store_true", help="the rules of `run --no-offload`")
+    p.add_argument("--fresh", action="store_true", help="print for a host without lgwan-gateway rules")
+    p.add_argument("--remove", action="store_true", help="remove the chains: forwarded traffic is then UNFILTERED")
+    p.set_defaults(func=_rules)
+
+    p = sub.add_parser("stats", help="print the running daemon's Prometheus metrics as a table")
+    p.add_argument("--port", type=int, default=9687, help="metrics port (default 9687)")
+    p.add_argument("--address", default="127.0.0.1", help="metrics address (default 127.0.0.1)")
+    p.set_defaults(func=_stats)
     return parser
 
 
@@ -63,6 +88,24 @@ def _lab(args: argparse.Namespace) -> int:
     from gateway.lab.cli import lab_command
 
     return lab_command(args.lab_args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from gateway.daemon import run_command
+
+    return run_command(args)
+
+
+def _rules(args: argparse.Namespace) -> int:
+    from gateway.daemon import rules_command
+
+    return rules_command(args)
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from gateway.daemon import stats_command
+
+    return stats_command(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

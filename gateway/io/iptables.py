@@ -23,7 +23,6 @@ kernel's ruleset is the state (the running generation is read back from it).
 
 from __future__ import annotations
 
-import random
 import re
 import shutil
 import subprocess
@@ -41,6 +40,7 @@ GEN_SHIFT = 16
 GEN_MAX = 0x7FFF
 
 FAMILIES = (4, 6)
+GEN_COMMENT = "lgwan-gateway mark generation "
 
 Runner = Callable[[Sequence[str], str | None], str]
 
@@ -57,10 +57,10 @@ def offload_mark(generation: int) -> int:
 
 
 def next_generation(current: int | None) -> int:
-    """The generation after `current`; a random start when nothing is installed, so a restarted
-    daemon does not trust marks a previous instance set (those flows are decided again)."""
+    """The generation after `current` (1 when no rules are installed: no connmark of ours can
+    exist then, except on flows that passed while the rules were removed by hand)."""
     if current is None:
-        return random.randint(1, GEN_MAX)
+        return 1
     return current % GEN_MAX + 1
 
 
@@ -71,11 +71,16 @@ class RulesConfig:
     fail_open: bool = False  # --queue-bypass: traffic passes UNFILTERED while no daemon listens
     offload: bool = True
     drop_invalid: bool = True
-    # generation whose offloaded flows the kernel accepts; None = accept none (daemon stopped or
-    # starting: every packet goes to the queue, which drops it while nobody listens)
-    generation: int | None = None
+    # mark generation of the running policy; kept in a comment of the queue rule so that the next
+    # start (after a stop or a crash) moves to a new generation and trusts no older mark
+    generation: int = 1
+    # accept the current generation's offloaded flows in the kernel; False while the daemon is
+    # stopped: then every packet goes to the queue, which drops it while nobody listens
+    accept_offloaded: bool = True
 
     def __post_init__(self) -> None:
+        if not 1 <= self.generation <= GEN_MAX:
+            raise ValueError(f"mark generation {self.generation} out of range 1..{GEN_MAX}")
         if not 0 <= self.queue_num <= 65535 or self.workers < 1 or self.queue_num + self.workers - 1 > 65535:
             raise ValueError(f"bad queue range {self.queue_num} + {self.workers} workers")
 
@@ -108,12 +113,12 @@ def chain_rules(cfg: RulesConfig) -> dict[str, list[str]]:
         # its flow is `established`; non-TCP: after the first reply (ctstate ESTABLISHED)
         mangle.append(f"-p tcp -m tcp --tcp-flags SYN NONE {save_mark}")
         mangle.append(f"! -p tcp {save_mark}")
-        if cfg.generation is not None:
+        if cfg.accept_offloaded:
             mark = offload_mark(cfg.generation)
             # ESTABLISHED, not RELATED: a related connection (helpers) inherits the master's
             # connmark and must be decided by the engine itself
             fwd.append(f"-m conntrack --ctstate ESTABLISHED -m connmark --mark 0x{mark:x}/0x{MARK_MASK:x} -j ACCEPT")
-    fwd.append(queue_target(cfg))
+    fwd.append(f'-m comment --comment "{GEN_COMMENT}{cfg.generation}" {queue_target(cfg)}')
     return {"mangle": mangle, "filter": fwd}
 
 
@@ -170,17 +175,15 @@ def parse_save(text: str) -> State:
     return state
 
 
-_GEN_RE = re.compile(r"--mark 0x([0-9a-f]+)/0x([0-9a-f]+) -j ACCEPT")
+_GEN_RE = re.compile(re.escape(GEN_COMMENT) + r"(\d+)")
 
 
 def installed_generation(state: State) -> int | None:
-    """The generation of the accept rule currently installed, if any."""
+    """The mark generation recorded in the installed queue rule, if any."""
     for rule in state["filter"].chain_rules:
         m = _GEN_RE.search(rule)
-        if m and int(m.group(2), 16) == MARK_MASK:
-            value = int(m.group(1), 16)
-            if value & OFFLOAD_BIT:
-                return (value & ~OFFLOAD_BIT) >> GEN_SHIFT
+        if m:
+            return int(m.group(1))
     return None
 
 

@@ -1,0 +1,681 @@
+"""The live gateway: `lgwan-gateway run`, `lgwan-gateway rules`, `lgwan-gateway stats`.
+
+Process layout: one supervisor and `workers` worker processes.
+
+- A worker binds one NFQUEUE queue, owns one engine (its own flow table) and runs the packet loop:
+  batched reads -> engine.decide -> one verdict per packet (gateway._nfq). It reports counter
+  snapshots to the supervisor every REPORT_INTERVAL seconds; these double as its heartbeat. It
+  dies with the supervisor (PR_SET_PDEATHSIG), so a killed daemon leaves no queue listener and the
+  kernel drops queued traffic (fail closed).
+- The supervisor loads and validates the policy, installs the iptables rules, handles signals,
+  talks to systemd (READY/RELOADING/STOPPING, WATCHDOG pings only while every worker reports),
+  re-installs the rules if someone removed them, and serves the Prometheus metrics.
+
+Reload (SIGHUP): the new file is loaded and checked completely in the supervisor first; on error
+the old policy stays and the errors (FILE:LINE: reason) are logged. On success each worker swaps
+its engine's policy between two packets (no packet waits, none is decided by a half-updated
+policy), then the offload ACCEPT rule moves to the new mark generation in one iptables-restore
+transaction, so every offloaded flow returns to the queue and is decided by the new policy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import dataclasses
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, Pipe
+from typing import Any, Protocol
+
+from gateway.fastpath.common import CompiledPolicy, Limits, RawEvent, format_event
+from gateway.io import iptables as ipt
+from gateway.io.metrics import DEFAULT_ADDRESS, DEFAULT_PORT, DaemonView, WorkerSnapshot
+from gateway.io.sdnotify import Notifier
+
+log = logging.getLogger("lgwan-gateway")
+
+REPORT_INTERVAL = 0.5  # seconds between worker snapshots (heartbeats)
+HEARTBEAT_TIMEOUT = 10.0  # a worker silent this long is hung: stop pinging the watchdog
+RELOAD_TIMEOUT = 10.0  # seconds a worker may take to acknowledge a new policy
+MAX_DRAIN_BATCHES = 32  # batches a worker handles before it looks at its control pipe
+PR_SET_PDEATHSIG = 1
+
+# With offload the engine sees a flow's first packets only, so its idle clock stops for offloaded
+# flows while the kernel still passes them. If the engine expired such a flow, a reload would send
+# its next packet to an engine that has forgotten it: TCP mid-stream = no_flow drop. So with
+# offload the idle timeouts of offloadable states are raised to at least these (conntrack's TCP
+# established default is 5 days); the flow table's LRU cap still bounds memory.
+OFFLOAD_MIN_TIMEOUTS_US = {
+    "tcp_established_timeout_us": 432_000 * 1_000_000,
+    "udp_timeout_us": 3_600 * 1_000_000,
+    "icmp_timeout_us": 3_600 * 1_000_000,
+    "other_timeout_us": 3_600 * 1_000_000,
+}
+
+
+class Loaded(Protocol):
+    @property
+    def compiled(self) -> CompiledPolicy: ...
+    @property
+    def limits(self) -> Limits: ...
+
+
+Loader = Callable[[str, int], Loaded]
+
+
+def default_loader(path: str, generation: int) -> Loaded:
+    from gateway.policy import load_policy
+
+    return load_policy(path, generation)
+
+
+@dataclass(frozen=True)
+class Settings:
+    config: str
+    queue: int = 0
+    workers: int = 1
+    events: str | None = None
+    metrics_port: int = DEFAULT_PORT  # 0: no metrics endpoint
+    metrics_address: str = DEFAULT_ADDRESS
+    fail_open: bool = False
+    offload: bool = True
+    drop_invalid: bool = True
+    manage_rules: bool = True
+    check_interval: float = 5.0
+    max_batch: int = 64
+    queue_maxlen: int = 8192
+
+    def rules_config(self, generation: int, running: bool = True) -> ipt.RulesConfig:
+        return ipt.RulesConfig(
+            queue_num=self.queue,
+            workers=self.workers,
+            fail_open=self.fail_open,
+            offload=self.offload,
+            drop_invalid=self.drop_invalid,
+            generation=generation,
+            accept_offloaded=running,
+        )
+
+
+def settings_for(args: argparse.Namespace, policy: CompiledPolicy) -> Settings:
+    """Command-line options over the config's [gateway] settings over the defaults."""
+    extra: dict[str, Any] = dict(policy.extra)
+
+    def pick(opt: str, key: str, default: Any) -> Any:
+        value = getattr(args, opt, None)
+        if value is not None:
+            return value
+        return extra.get(key, default)
+
+    return Settings(
+        config=args.config,
+        queue=int(pick("queue", "queue", 0)),
+        workers=int(pick("workers", "workers", 1)),
+        events=pick("events", "events", None),
+        metrics_port=int(pick("metrics_port", "metrics_port", DEFAULT_PORT)),
+        metrics_address=str(pick("metrics_address", "metrics_address", DEFAULT_ADDRESS)),
+        fail_open=extra.get("fail_mode", "closed") == "open",
+        offload=not getattr(args, "no_offload", False) and bool(extra.get("offload", True)),
+        drop_invalid=not getattr(args, "keep_invalid", False),
+        manage_rules=not getattr(args, "no_rules", False),
+    )
+
+
+def engine_limits(limits: Limits, offload: bool) -> Limits:
+    if not offload:
+        return limits
+    raised = {k: max(getattr(limits, k), v) for k, v in OFFLOAD_MIN_TIMEOUTS_US.items()}
+    return dataclasses.replace(limits, **raised)
+
+
+# --- event log --------------------------------------------------------------------------------
+
+
+class EventWriter:
+    """Appends JSON lines (the replay format: format_event, compact, UTF-8). Each batch is one
+    write() on an O_APPEND descriptor, so several workers can share one file without tearing
+    lines; reopen() after a rotation (done on SIGHUP)."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.count = 0
+        self._fd = -1
+        self.reopen()
+
+    def reopen(self) -> None:
+        if self.path is None:
+            return
+        if self._fd >= 0 and self.path != "-":
+            os.close(self._fd)
+        self._fd = 1 if self.path == "-" else os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+
+    def write(self, events: list[RawEvent], policy: CompiledPolicy) -> None:
+        if self._fd < 0 or not events:
+            return
+        data = "".join(
+            json.dumps(format_event(ev, policy), ensure_ascii=False, separators=(",", ":")) + "\n" for ev in events
+        ).encode()
+        try:
+            os.write(self._fd, data)
+        except OSError as exc:  # a full disk must not stop the packet path
+            log.error("event log %s: %s", self.path, exc)
+            return
+        self.count += len(events)
+
+    def close(self) -> None:
+        if self._fd > 2:
+            os.close(self._fd)
+        self._fd = -1
+
+
+# --- worker -----------------------------------------------------------------------------------
+
+
+def _die_with_parent(parent: int) -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def worker_main(
+    index: int, settings: Settings, policy: CompiledPolicy, limits: Limits, mark_gen: int, conn: Connection
+) -> int:
+    """Run one worker's packet loop until told to stop. Returns the exit status."""
+    from gateway.fastpath import Engine
+    from gateway.io.nfqueue import open_queue
+
+    stop = False
+
+    def on_term(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)  # the supervisor handles these
+
+    queue_num = settings.queue + index
+    engine = Engine(policy, engine_limits(limits, settings.offload))
+    try:
+        q = open_queue(
+            queue_num,
+            fail_open=settings.fail_open,
+            offload=settings.offload,
+            max_batch=settings.max_batch,
+            maxlen=settings.queue_maxlen,
+        )
+    except (OSError, ImportError) as exc:
+        conn.send(("error", index, f"cannot bind NFQUEUE {queue_num}: {exc}"))
+        return 1
+    q.offload_mark = ipt.offload_mark(mark_gen) if settings.offload else 0
+    events = EventWriter(settings.events)
+    conn.send(("ready", index, os.getpid()))
+
+    poller = select.poll()
+    poller.register(q.fileno(), select.POLLIN)
+    poller.register(conn.fileno(), select.POLLIN)
+    decide = engine.decide
+    max_batch = settings.max_batch
+    next_report = 0.0
+    next_ifnames = time.monotonic() + 5.0
+    last_error: object = None
+
+    def report() -> None:
+        bounds, counts, total = q.latency()
+        conn.send(
+            (
+                "stats",
+                index,
+                WorkerSnapshot(
+                    worker=index,
+                    queue=queue_num,
+                    pid=os.getpid(),
+                    engine=engine.counters(),
+                    nfq=q.stats(),
+                    by_verdict_reason=q.by_verdict_reason(),
+                    latency_bounds=bounds,
+                    latency_counts=counts,
+                    latency_sum=total,
+                    events=events.count,
+                ),
+            )
+        )
+
+    try:
+        while not stop:
+            poller.poll(REPORT_INTERVAL * 1000)
+            for _ in range(MAX_DRAIN_BATCHES):
+                if q.process(decide) < max_batch:
+                    break
+            evs = engine.pop_events()
+            if evs:
+                events.write(evs, policy)
+            if q.last_error is not last_error:
+                last_error = q.last_error
+                log.error("worker %d: %r", index, last_error)
+            while conn.poll():
+                msg = conn.recv()
+                if msg[0] == "policy":
+                    _, policy, mark_gen = msg
+                    engine.set_policy(policy)
+                    q.offload_mark = ipt.offload_mark(mark_gen) if settings.offload else 0
+                    events.reopen()
+                    conn.send(("reloaded", index, policy.generation))
+                elif msg[0] == "stop":
+                    stop = True
+            now = time.monotonic()
+            if now >= next_report:
+                report()
+                next_report = now + REPORT_INTERVAL
+            if now >= next_ifnames:  # interfaces may be renamed or recreated with a new index
+                q.forget_interfaces()
+                next_ifnames = now + 5.0
+        report()
+    except (BrokenPipeError, EOFError):
+        return 1  # the supervisor is gone
+    finally:
+        q.close()
+        events.close()
+    return 0
+
+
+# --- supervisor -------------------------------------------------------------------------------
+
+
+@dataclass
+class WorkerProc:
+    index: int
+    pid: int
+    conn: Connection
+    last_seen: float
+    ready: bool = False
+
+
+class Supervisor:
+    def __init__(
+        self,
+        settings: Settings,
+        loaded: Loaded,
+        loader: Loader = default_loader,
+        iptables: ipt.Iptables | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.settings = settings
+        self.loader = loader
+        self.policy = loaded.compiled
+        self.limits = loaded.limits
+        self.generation = loaded.compiled.generation
+        self.ipt = iptables or ipt.Iptables()
+        self.notify = notifier or Notifier()
+        self.view = DaemonView(offload=settings.offload, policy_generation=self.generation)
+        self.workers: dict[int, WorkerProc] = {}
+        self.mark_gen = 1
+        self._flags: set[int] = set()
+        self._offloaded_base = (0, 0)
+        self._stop_metrics: Callable[[], None] | None = None
+
+    # signal handlers only record the signal; the main loop acts on it (wakeup fd)
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._flags.add(signum)
+
+    def run(self) -> int:
+        s = self.settings
+        if s.fail_open:
+            for _ in range(3):
+                log.warning(
+                    '!!! fail_mode = "open": NFQUEUE --queue-bypass is set; while this daemon is not running, '
+                    "forwarded traffic passes UNFILTERED !!!"
+                )
+        if s.manage_rules:
+            installed = self.ipt.installed_generation()
+            self.mark_gen = ipt.next_generation(installed)
+        rfd, wfd = socket.socketpair()
+        rfd.setblocking(False)
+        wfd.setblocking(False)
+        signal.set_wakeup_fd(wfd.fileno(), warn_on_full_buffer=False)
+        for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+            signal.signal(sig, self._on_signal)
+        status = 0
+        try:
+            if not self._start_workers():
+                return 1
+            if s.manage_rules:
+                self.ipt.install(s.rules_config(self.mark_gen))
+            if s.metrics_port:
+                from gateway.io.metrics import serve
+
+                self._setup_kernel_readers()
+                self._stop_metrics = serve(self.view, s.metrics_port, s.metrics_address)
+            log.info(
+                "running: policy %s generation %d, %d worker(s) on queue %d%s, offload %s (mark generation %d)",
+                s.config,
+                self.generation,
+                s.workers,
+                s.queue,
+                f"..{s.queue + s.workers - 1}" if s.workers > 1 else "",
+                "on" if s.offload else "off",
+                self.mark_gen,
+            )
+            self.notify.ready(f"generation {self.generation}")
+            status = self._loop(rfd)
+        except ipt.IptablesError as exc:
+            log.error("iptables: %s", exc)
+            status = 1
+        finally:
+            self.notify.stopping()
+            self._shutdown()
+            signal.set_wakeup_fd(-1)
+            rfd.close()
+            wfd.close()
+        return status
+
+    def _start_workers(self) -> bool:
+        parent = os.getpid()
+        for index in range(self.settings.workers):
+            here, there = Pipe(duplex=True)
+            pid = os.fork()
+            if pid == 0:  # child
+                code = 1
+                try:
+                    signal.set_wakeup_fd(-1)
+                    here.close()
+                    _die_with_parent(parent)
+                    code = worker_main(index, self.settings, self.policy, self.limits, self.mark_gen, there)
+                except BaseException:
+                    log.exception("worker %d failed", index)
+                finally:
+                    os._exit(code)
+            there.close()
+            self.workers[index] = WorkerProc(index, pid, here, time.monotonic())
+        deadline = time.monotonic() + 10
+        while not all(w.ready for w in self.workers.values()):
+            if time.monotonic() > deadline:
+                log.error("workers did not bind their queues in time")
+                return False
+            for w in self.workers.values():
+                if w.conn.poll(0.05):
+                    try:
+                        msg = w.conn.recv()
+                    except EOFError:
+                        log.error("worker %d exited during start", w.index)
+                        return False
+                    if msg[0] == "error":
+                        log.error("worker %d: %s", w.index, msg[2])
+                        return False
+                    if msg[0] == "ready":
+                        w.ready = True
+        return True
+
+    def _setup_kernel_readers(self) -> None:
+        from gateway.io.nfqueue import kernel_queue_stats
+
+        self.view.kernel_queues = kernel_queue_stats
+        if self.settings.offload and self.settings.manage_rules:
+            self.view.offloaded_flows = self._offloaded_flows
+            self.view.offloaded_packets = self._offloaded_packets
+
+    def _offloaded_flows(self) -> int:
+        """Conntrack entries carrying the current offload mark (read at scrape time)."""
+        want = ipt.offload_mark(self.mark_gen)
+        n = 0
+        try:
+            with open("/proc/net/nf_conntrack") as f:
+                for line in f:
+                    i = line.find(" mark=")
+                    if i >= 0 and (int(line[i + 6 : line.index(" ", i + 6)]) & ipt.MARK_MASK) == want:
+                        n += 1
+        except (OSError, ValueError):
+            return 0
+        return n
+
+    def _offloaded_packets(self) -> tuple[int, int]:
+        pk, by = self.ipt.offloaded()
+        return self._offloaded_base[0] + pk, self._offloaded_base[1] + by
+
+    def _loop(self, wake: socket.socket) -> int:
+        poller = select.poll()
+        poller.register(wake.fileno(), select.POLLIN)
+        by_fd: dict[int, WorkerProc] = {}
+        for w in self.workers.values():
+            poller.register(w.conn.fileno(), select.POLLIN)
+            by_fd[w.conn.fileno()] = w
+        next_check = time.monotonic() + self.settings.check_interval
+        wd_interval = self.notify.watchdog_usec / 2e6 if self.notify.watchdog_usec else 0.0
+        next_wd = 0.0
+        while True:
+            for fd, _ in poller.poll(200):
+                if fd == wake.fileno():
+                    with contextlib.suppress(BlockingIOError):
+                        wake.recv(4096)
+                    continue
+                w = by_fd[fd]
+                try:
+                    while w.conn.poll():
+                        self._handle(w, w.conn.recv())
+                except (EOFError, OSError):
+                    log.error("worker %d (pid %d) died: stopping (its queue drops traffic meanwhile)", w.index, w.pid)
+                    return 1
+            for sig in sorted(self._flags):
+                self._flags.discard(sig)
+                if sig in (signal.SIGTERM, signal.SIGINT):
+                    log.info("%s: stopping", signal.Signals(sig).name)
+                    return 0
+                if sig == signal.SIGHUP:
+                    self.reload()
+                elif sig == signal.SIGUSR1:
+                    self.log_counters()
+            now = time.monotonic()
+            if self.settings.manage_rules and now >= next_check:
+                next_check = now + self.settings.check_interval
+                self.check_rules()
+            if wd_interval and now >= next_wd:
+                if all(now - w.last_seen < HEARTBEAT_TIMEOUT for w in self.workers.values()):
+                    self.notify.watchdog()
+                    next_wd = now + wd_interval
+                else:  # no ping: systemd kills and restarts us after WatchdogSec
+                    log.error("a worker stopped reporting; withholding the watchdog ping")
+                    next_wd = now + wd_interval
+
+    def _handle(self, w: WorkerProc, msg: tuple[Any, ...]) -> None:
+        w.last_seen = time.monotonic()
+        if msg[0] == "stats":
+            workers = dict(self.view.workers)
+            workers[w.index] = msg[2]
+            self.view.workers = workers
+
+    def reload(self) -> bool:
+        """SIGHUP: validate the new file fully, then swap; on any error keep the running policy."""
+        self.notify.reloading()
+        t0 = time.monotonic()
+        try:
+            loaded = self.loader(self.settings.config, self.generation + 1)
+        except Exception as exc:  # ConfigError carries FILE:LINE: reason lines; anything else too
+            self.view.reloads_failed += 1
+            log.error("reload refused, keeping policy generation %d:", self.generation)
+            for line in str(exc).splitlines() or [repr(exc)]:
+                log.error("  %s", line)
+            self.notify.ready(f"generation {self.generation} (last reload failed)")
+            return False
+        new_policy = loaded.compiled
+        if new_policy.extra.get("fail_mode", "closed") != ("open" if self.settings.fail_open else "closed"):
+            log.warning("fail_mode changed in the config: it takes effect at the next restart")
+        new_mark = ipt.next_generation(self.mark_gen)
+        for w in self.workers.values():
+            w.conn.send(("policy", new_policy, new_mark))
+        deadline = time.monotonic() + RELOAD_TIMEOUT
+        pending = set(self.workers)
+        while pending and time.monotonic() < deadline:
+            for i in list(pending):
+                w = self.workers[i]
+                while w.conn.poll(0.01):
+                    msg = w.conn.recv()
+                    if msg[0] == "reloaded":
+                        pending.discard(i)
+                    else:
+                        self._handle(w, msg)
+        if pending:
+            log.error("worker(s) %s did not take the new policy in time", sorted(pending))
+        self.policy = new_policy
+        self.generation = new_policy.generation
+        self.mark_gen = new_mark
+        if self.settings.manage_rules:
+            try:
+                before = self.ipt.offloaded() if self.view.offloaded_packets else (0, 0)
+                self.ipt.install(self.settings.rules_config(new_mark))
+                self._offloaded_base = (self._offloaded_base[0] + before[0], self._offloaded_base[1] + before[1])
+            except ipt.IptablesError as exc:
+                log.error("reload: installing the new offload rule failed: %s", exc)
+        self.view.reloads_ok += 1
+        self.view.policy_generation = self.generation
+        self.view.mark_generation = new_mark
+        for note in getattr(loaded, "notes", []):
+            log.info("config: %s", note)
+        log.info(
+            "reloaded %s: policy generation %d, mark generation %d (%.1f ms)",
+            self.settings.config,
+            self.generation,
+            new_mark,
+            (time.monotonic() - t0) * 1e3,
+        )
+        self.notify.ready(f"generation {self.generation}")
+        return True
+
+    def check_rules(self) -> None:
+        try:
+            if not self.ipt.intact():
+                log.warning("iptables rules were altered or removed: re-installing")
+                self.ipt.install(self.settings.rules_config(self.mark_gen))
+                self.view.rules_reinstalled += 1
+        except ipt.IptablesError as exc:
+            self.view.rules_check_failed += 1
+            log.error("rules check: %s", exc)
+
+    def totals(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for w in self.view.workers.values():
+            for part in (w.engine, w.nfq):
+                for k, n in part.items():
+                    out[k] = out.get(k, 0) + n
+        out["reloads_ok"] = self.view.reloads_ok
+        out["reloads_failed"] = self.view.reloads_failed
+        out["rules_reinstalled"] = self.view.rules_reinstalled
+        return out
+
+    def log_counters(self) -> None:
+        totals = self.totals()
+        log.info("counters: %s", " ".join(f"{k}={v}" for k, v in sorted(totals.items()) if v))
+
+    def _shutdown(self) -> None:
+        for w in self.workers.values():
+            with contextlib.suppress(OSError):
+                w.conn.send(("stop",))
+        deadline = time.monotonic() + 5
+        for w in self.workers.values():
+            while time.monotonic() < deadline:
+                try:
+                    pid, _ = os.waitpid(w.pid, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid:
+                    break
+                time.sleep(0.02)
+            else:
+                os.kill(w.pid, signal.SIGKILL)
+                os.waitpid(w.pid, 0)
+        if self.settings.manage_rules:
+            # the rules stay (fail closed); only the offload accept goes, so offloaded flows stop too
+            try:
+                self.ipt.install(self.settings.rules_config(self.mark_gen, running=False))
+            except ipt.IptablesError as exc:
+                log.error("stop: %s", exc)
+        if self._stop_metrics is not None:
+            self._stop_metrics()
+        self.log_counters()
+        log.info("stopped; the iptables rules stay: forwarded traffic is blocked until the gateway runs again")
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def _setup_logging() -> None:
+    fmt = "%(levelname)s %(message)s" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s %(levelname)s %(message)s"
+    logging.basicConfig(level=logging.INFO, format=fmt, stream=sys.stderr)
+
+
+def _load_or_report(path: str, loader: Loader) -> Loaded | None:
+    try:
+        return loader(path, 1)
+    except Exception as exc:
+        for line in str(exc).splitlines() or [repr(exc)]:
+            print(line, file=sys.stderr)
+        return None
+
+
+def run_command(args: argparse.Namespace, loader: Loader = default_loader) -> int:
+    _setup_logging()
+    loaded = _load_or_report(args.config, loader)
+    if loaded is None:
+        return 2
+    settings = settings_for(args, loaded.compiled)
+    return Supervisor(settings, loaded, loader).run()
+
+
+def rules_command(args: argparse.Namespace, loader: Loader = default_loader) -> int:
+    """Print the iptables-restore input `run` installs (per family), or remove the rules."""
+    tables = ipt.Iptables()
+    if args.remove:
+        try:
+            tables.remove()
+        except ipt.IptablesError as exc:
+            print(f"lgwan-gateway rules --remove: {exc}", file=sys.stderr)
+            return 1
+        print("removed the lgwan-gateway chains (IPv4 and IPv6): forwarded traffic is no longer filtered")
+        return 0
+    if not args.config:
+        print("lgwan-gateway rules: --config is required (or --remove)", file=sys.stderr)
+        return 2
+    loaded = _load_or_report(args.config, loader)
+    if loaded is None:
+        return 2
+    settings = settings_for(args, loaded.compiled)
+    states: dict[int, ipt.State | None] = dict.fromkeys(ipt.FAMILIES)
+    installed: int | None = None
+    if not args.fresh:
+        try:
+            states = {fam: tables.read_state(fam) for fam in ipt.FAMILIES}
+            installed = ipt.installed_generation(states[4]) if states[4] else None
+        except ipt.IptablesError:
+            states = dict.fromkeys(ipt.FAMILIES)  # not root / no iptables: print for a clean host
+    gen = ipt.next_generation(installed)
+    cfg = settings.rules_config(gen)
+    for fam in ipt.FAMILIES:
+        where = "this host's current ruleset" if states[fam] is not None else "a host without lgwan-gateway rules"
+        print(f"# IPv{fam}: {ipt.tool(fam, 'restore')} --noflush  (computed against {where})")
+        print(ipt.restore_input(cfg, states[fam]), end="")
+    return 0
+
+
+def stats_command(args: argparse.Namespace) -> int:
+    from gateway.io.metrics import fetch, render_table
+
+    try:
+        text = fetch(args.port, args.address)
+    except OSError as exc:
+        print(f"lgwan-gateway stats: cannot read http://{args.address}:{args.port}/metrics: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(render_table(text))
+    return 0
