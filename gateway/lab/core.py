@@ -150,6 +150,7 @@ class Lab:
         self.config = Path(config).resolve()
         self.python = python
         self.daemon_args = list(daemon_args)
+        self.daemon_command = [python, "-m", "gateway", "run"]  # + --config/--events/daemon_args
         self.state = LabState(prefix=prefix)
         self.touched = False  # this object's `up` changed something: only then may a failed up be undone
 
@@ -372,7 +373,7 @@ class Lab:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.bind(str(sock_path))
             env = dict(os.environ, NOTIFY_SOCKET=str(sock_path))
-            argv = [self.python, "-m", "gateway", "run", "--config", str(self.config)]
+            argv = [*self.daemon_command, "--config", str(self.config)]
             argv += ["--events", str(self.events_path), *self.daemon_args]
             rec = self._spawn("daemon", self.namespace(GATEWAY), argv, env=env)
             deadline = time.monotonic() + READY_TIMEOUT_S
