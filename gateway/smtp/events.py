@@ -169,7 +169,7 @@ class LimitExceeded:
 
 @dataclass(frozen=True, slots=True)
 class Anomaly:
-    kind: str  # bare_lf, smuggling, unsolicited_reply, reply_code_mismatch
+    kind: str  # bare_lf, smuggling, unsolicited_reply, reply_code_mismatch, truncated
     side: Side
     offset: int
     detail: str
@@ -177,7 +177,7 @@ class Anomaly:
 
 @dataclass(frozen=True, slots=True)
 class SessionEnd:
-    reason: str  # "quit", "421"
+    reason: str  # "quit", "421", "client_eof", "server_eof"
 
 
 Event = (

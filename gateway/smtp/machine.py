@@ -181,6 +181,18 @@ class SMTPConnection:
         self._guard(self._run_server, out)
         return out
 
+    def end_of_stream(self, side: Side) -> list[Event]:
+        """A direction ended (FIN/RST). An open transaction ends unaccepted: a message cut off
+        before CRLF.CRLF is not delivered by any server, so its held bytes need no release."""
+        self._check_usable()
+        out: list[Event] = []
+        if self.client_state is ClientState.REFUSED or self.session is SessionState.CLOSED:
+            return out
+        if side is Side.CLIENT and self._cbuf and self.client_state is not ClientState.DATA:
+            out.append(Anomaly("truncated", Side.CLIENT, self._cbase, f"{len(self._cbuf)} bytes without a line end"))
+        self._close(f"{side.value}_eof", out)
+        return out
+
     # --- internals --------------------------------------------------------------------------
     def _check_usable(self) -> None:
         if self.client_state is ClientState.ERROR:
