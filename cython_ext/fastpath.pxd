@@ -74,7 +74,6 @@ ctypedef struct CFlow:
     uint64_t a_lo
     uint64_t b_hi
     uint64_t b_lo
-    int64_t start_us
     int64_t last_us
     uint64_t flow_id
     int64_t generation    # engine generation (set_policy count) the verdict was decided under
@@ -89,12 +88,10 @@ ctypedef struct CFlow:
     uint16_t pa
     uint16_t pb
     uint8_t proto
-    uint8_t family
     uint8_t verdict
     uint8_t tcp_state
     uint8_t fin_mask      # bit 0: FIN from the initiator, bit 1: FIN from the responder
     uint8_t a_is_initiator  # 1 when the initiator is canonical side A
-    uint8_t in_use
 
 
 # What one decision produced (turned into a Decision namedtuple only by decide()).
