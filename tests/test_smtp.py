@@ -332,6 +332,19 @@ def test_starttls_and_bdat_refused() -> None:
     assert refusal_reply("STARTTLS\r\nis not allowed") == b"554 5.7.1 STARTTLS??is not allowed\r\n"
 
 
+def test_refusal_cannot_be_dodged() -> None:
+    base: list[Turn] = [(S, b"220 mx\r\n"), (C, b"EHLO x\r\n"), (S, b"250-mx\r\n250 STARTTLS\r\n")]
+    for line in (b"STARTTLS\t\r\n", b"starttls\r\n", b"  STARTTLS\r\n", b"StartTLS \n", b"\x16\x03\x01\x02\x00"):
+        ev = feed([*base, (C, line)])
+        assert [e.offset for e in ev if isinstance(e, Refuse)] == [len(b"EHLO x\r\n")], line
+
+
+def test_auth_initial_response_not_in_events() -> None:
+    ev = feed([(S, b"220 mx\r\n"), (C, b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n"), (S, b"235 ok\r\n")])
+    cmd = next(e for e in ev if isinstance(e, Command))
+    assert cmd.verb == "AUTH" and cmd.arg == "PLAIN"
+
+
 def test_data_rejected_keeps_reading_commands() -> None:
     turns: list[Turn] = [
         (S, b"220 mx\r\n"),

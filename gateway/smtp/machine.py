@@ -95,6 +95,7 @@ _IN_TRANSACTION = frozenset({SessionState.MAIL, SessionState.RCPT, SessionState.
 
 _REPLY_LINE = re.compile(rb"([2-5][0-9][0-9])([ -]|$)")
 _VERB = re.compile(rb"[A-Za-z][A-Za-z0-9-]{0,31}")
+_TLS_RECORD = b"\x16\x03"  # a TLS handshake record: someone is starting TLS behind our back
 _PATH = re.compile(r"(?i)^(?:FROM|TO)\s*:\s*(<[^>]*>|\S*)")
 
 
@@ -233,6 +234,9 @@ class SMTPConnection:
         self._cbase += n
 
     def _client_line(self, out: list[Event]) -> None:
+        if self._cbuf.startswith(_TLS_RECORD) and not self._discarding:
+            self._refuse("TLS handshake inside the inspected session", self._cbase, None, out)
+            return
         nl = self._cbuf.find(b"\n")
         if self._discarding:
             if nl < 0:
@@ -268,12 +272,15 @@ class SMTPConnection:
         self._command(line, raw, offset, out)
 
     def _command(self, line: bytes, raw: bytes, offset: int, out: list[Event]) -> None:
-        m = _VERB.match(line)
+        # Split on any whitespace, as servers do: "STARTTLS\t" must not slip past as unknown.
+        parts = line.split(None, 1)
         verb = ""
         arg = ""
-        if m and (m.end() == len(line) or line[m.end()] == 0x20):
-            verb = m.group().decode("ascii").upper()
-            arg = _text(line[m.end() :]).strip()
+        if parts and _VERB.fullmatch(parts[0]):
+            verb = parts[0].decode("ascii").upper()
+            arg = _text(parts[1]).strip() if len(parts) > 1 else ""
+        if verb == "AUTH":
+            arg = arg.split(" ", 1)[0]  # the mechanism; never an initial response (credentials)
         out.append(Command(verb, arg, offset, raw))
         self._commands += 1
         if self._commands > self.limits.max_commands:

@@ -495,7 +495,7 @@ class Reassembler:
         """
         half = self._halves[direction]
         end = start + len(payload)
-        if len(half.held) >= self.limits.max_flow_segments:
+        if len(self._ids) >= self.limits.max_flow_segments:
             self._limit_hit(segment_id, "segment_limit", out)
             return None
         conflicts: list[tuple[int, int]] = []
