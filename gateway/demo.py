@@ -196,8 +196,9 @@ def format_report(rep: DemoReport) -> str:
         "",
         f"engine: {rep.implementation}   policy: {rep.config}",
         f"packets: {s.get('packets')}  forwarded: {s.get('forwarded')}  dropped: {s.get('dropped')}  "
-        f"inspect (held, no inspector yet): {s.get('inspect_unavailable')}  flows: {s.get('flows')}  "
-        f"events: {s.get('events')}",
+        f"inspected: {s.get('inspected')}"
+        + (f" (not forwarded: no inspector in replay yet: {held})" if (held := s.get("inspect_unavailable")) else "")
+        + f"  flows: {s.get('flows')}  events: {s.get('events')}",
         f"input capture:    {rep.capture}",
         f"forwarded pcap:   {rep.output}",
         f"event log:        {rep.events}",
