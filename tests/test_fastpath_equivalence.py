@@ -517,6 +517,27 @@ def test_flow_id_matches_common() -> None:
     assert d.flow_id == flow_id_for(a, b, 40000, 80, 6, -123_456)
 
 
+def test_thousands_of_flows_agree() -> None:
+    """Past the compiled table's initial bucket array (it grows and rehashes), with LRU eviction
+    and idle expiry at scale: same decisions, events and counters as the reference."""
+    limits = Limits(max_flows=2000, udp_timeout_us=5_000)
+    ref, cy = reference.Engine(POLICIES[0], limits), fast.Engine(POLICIES[0], limits)
+    ts = 0
+    for i in range(8000):
+        ts += 1
+        src = f"198.18.1.{1 + i % 200}"
+        pkt = ipv4(src, "198.18.2.1", 17, udp(1000 + (i * 7919) % 3000, 53))
+        if i % 5 == 4:  # a reply to an earlier flow (often evicted by now)
+            pkt = ipv4("198.18.2.1", f"198.18.1.{1 + (i // 3) % 200}", 17, udp(53, 1000 + (i * 31) % 3000))
+        assert cy.decide(pkt, ts) == ref.decide(pkt, ts), i
+        if i == 6000:
+            ts += 4_000  # some flows idle past the UDP timeout
+            assert cy.expire(ts) == ref.expire(ts)
+    assert cy.pop_events() == ref.pop_events()
+    assert cy.counters() == ref.counters()
+    assert cy.counters()["flows_evicted"] > 0 and cy.counters()["flows_expired"] > 0
+
+
 def test_malformed_input_never_raises() -> None:
     eng = fast.Engine(POLICIES[0], Limits(max_flows=2))
     for n in range(0, 70):
