@@ -79,7 +79,7 @@ cdef class Queue:
     # counters
     cdef uint64_t c_packets, c_batches, c_truncated, c_inspect_unavailable, c_fragment_dropped
     cdef uint64_t c_offload_marked, c_gso, c_enobufs, c_netlink_errors, c_parse_errors
-    cdef uint64_t c_decide_errors, c_verdict_errors, c_startup_dropped, c_accepted, c_dropped
+    cdef uint64_t c_decide_errors, c_verdict_errors, c_startup_dropped, c_accepted, c_dropped, c_max_len
     cdef uint64_t c_by_vr[N_VERDICTS][N_REASONS]
     cdef uint64_t lat_buckets[N_BUCKETS]
     cdef int64_t lat_bounds[N_BUCKETS]
@@ -326,6 +326,8 @@ cdef class Queue:
             self.c_truncated += 1
             self._verdict(packet_id, NF_DROP, 0, False)
             return
+        if plen > self.c_max_len:
+            self.c_max_len = plen
         pkt = PyBytes_FromStringAndSize(payload, plen)
         in_if = self._ifname(attr_u32(attr[NFQA_IFINDEX_INDEV])) if attr[NFQA_IFINDEX_INDEV] != NULL else None
         out_if = self._ifname(attr_u32(attr[NFQA_IFINDEX_OUTDEV])) if attr[NFQA_IFINDEX_OUTDEV] != NULL else None
@@ -394,6 +396,7 @@ cdef class Queue:
             "decide_errors": self.c_decide_errors,
             "verdict_errors": self.c_verdict_errors,
             "startup_dropped": self.c_startup_dropped,
+            "max_packet": self.c_max_len,
         }
 
     def by_verdict_reason(self):

@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, help="Prometheus port (default 9687, 0 = off)")
     p.add_argument("--metrics-address", help="address of the metrics endpoint (default 127.0.0.1)")
     p.add_argument("--no-offload", action="store_true", help="send every packet of every flow through the engine")
+    p.add_argument("--rules-check-interval", type=float, help="seconds between checks of the iptables rules (5)")
     p.set_defaults(func=_run)
 
     p = sub.add_parser("rules", help="print the iptables-restore input `run` installs, or --remove the rules")

@@ -128,6 +128,7 @@ def settings_for(args: argparse.Namespace, policy: CompiledPolicy) -> Settings:
         offload=not getattr(args, "no_offload", False) and bool(extra.get("offload", True)),
         drop_invalid=not getattr(args, "keep_invalid", False),
         manage_rules=not getattr(args, "no_rules", False),
+        check_interval=float(pick("rules_check_interval", "rules_check_interval", 5.0)),
     )
 
 

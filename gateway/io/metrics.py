@@ -127,6 +127,10 @@ class DaemonCollector:
                 c.add_metric([], _sum(v, "nfq", key))
                 yield c
 
+            g = GaugeMetricFamily("lgwan_max_packet_bytes", "Largest queued packet seen (GSO packets reach 64 KiB)")
+            g.add_metric([], max((w.nfq.get("max_packet", 0) for w in ws), default=0))
+            yield g
+
             g = GaugeMetricFamily("lgwan_flows", "Flows in the engines' flow tables")
             g.add_metric([], _sum(v, "engine", "flows"))
             yield g
