@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import ARP, CookedLinux, CookedLinuxV2, Dot1Q, Ether, Loopback
@@ -38,6 +40,8 @@ from gateway.io.pcap import (
 )
 
 T0 = 1_700_000_000_000_000  # µs
+# explicit MACs: without a dst scapy resolves one through the neighbour table (slow, noisy)
+MAC_A, MAC_B = "02:00:00:00:00:01", "02:00:00:00:00:02"
 
 Frame = tuple[int, int, bytes, int]  # linktype, ts_us, data, orig_len
 
@@ -76,8 +80,8 @@ def frames_for(linktype: int) -> list[bytes]:
             raw(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / Dot1Q(vlan=10) / Dot1Q(vlan=20) / p)
             for p in pkts
         ]
-        out.append(raw(Ether() / ARP()))
-        out.append(raw(Ether() / pkts[0]))
+        out.append(raw(Ether(src=MAC_A, dst=MAC_B) / ARP()))
+        out.append(raw(Ether(src=MAC_A, dst=MAC_B) / pkts[0]))
         return out
     if linktype == LINKTYPE_RAW:
         return [raw(p) for p in pkts]
@@ -389,7 +393,7 @@ def _frag_frames(linktype: int) -> Iterator[tuple[bytes, bool]]:
     pkts.append((v6 / UDP() / b"x", False))
     for p, is_frag in pkts:
         if linktype == LINKTYPE_ETHERNET:
-            yield raw(Ether() / Dot1Q(vlan=3) / p), is_frag
+            yield raw(Ether(src=MAC_A, dst=MAC_B) / Dot1Q(vlan=3) / p), is_frag
         elif linktype == LINKTYPE_LINUX_SLL:
             yield raw(CookedLinux(proto=0x86DD if p.version == 6 else 0x0800) / p), is_frag
         elif linktype == LINKTYPE_LINUX_SLL2:
@@ -459,3 +463,44 @@ def test_writer_rejects_other_linktype() -> None:
     w = GwPcapWriter(io.BytesIO(), LINKTYPE_RAW)
     with pytest.raises(ValueError):
         w.write_selected(_batch(LINKTYPE_ETHERNET, [b"\x00" * 20]), b"\x01", 1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL]),
+            st.integers(0, 2),  # VLAN tags
+            st.booleans(),  # IPv6
+            st.integers(0, 3),  # 0: whole, 1: first fragment, 2: middle, 3: last
+            st.binary(max_size=40),
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    st.sampled_from([LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL]),
+)
+def test_fragment_candidates_fuzz(items: list[tuple[int, int, bool, int, bytes]], linktype: int) -> None:
+    from gateway.fastpath.common import FRAGMENT, CompiledPolicy
+
+    frames = []
+    for _, tags, v6, kind, payload in items:
+        mf, off = {0: (False, 0), 1: (True, 0), 2: (True, 3), 3: (False, 3)}[kind]
+        if v6:
+            base = IPv6(src="2001:db8::1", dst="2001:db8::2")
+            pkt = base / (IPv6ExtHdrFragment(offset=off, m=int(mf)) / payload if kind else UDP() / payload)
+        else:
+            pkt = IP(src="198.18.20.10", dst="198.18.30.40", frag=off, flags="MF" if mf else 0, proto=17) / payload
+        if linktype == LINKTYPE_ETHERNET:
+            l2: Packet = Ether(src=MAC_A, dst=MAC_B)
+            for _ in range(tags):
+                l2 = l2 / Dot1Q(vlan=7)
+            frames.append(raw(l2 / pkt))
+        else:
+            frames.append(raw(CookedLinux(proto=0x86DD if v6 else 0x0800) / pkt))
+    batch = _batch(linktype, frames)
+    eng = reference.Engine(CompiledPolicy(zones=(), prefixes=(), interfaces={}, rules=()))
+    out = bytearray(len(batch))
+    eng.decide_frames(batch.buf, batch.offsets, batch.lengths, batch.ts_us, linktype, out)
+    truth = {i for i, v in enumerate(out) if v == FRAGMENT}
+    assert truth <= set(fragment_candidates(batch))

@@ -57,7 +57,9 @@ def lab_traffic() -> list[tuple[Packet, bool]]:
     out += [(p, True) for p in tcp_flow(LGWAN_TERM, BROWSER, 40006, 3389)]  # 画面転送
     out += [(IP(src=LGWAN_TERM, dst=ASP) / ICMP(type=8, id=1, seq=1), True)]
     out += [(IP(src=ASP, dst=LGWAN_TERM) / ICMP(type=0, id=1, seq=1), True)]
-    out += [(Ether(src="02:00:00:00:00:01") / ARP(psrc=LGWAN_TERM, pdst="198.18.20.254"), False)]
+    out += [
+        (Ether(src="02:00:00:00:00:01", dst="ff:ff:ff:ff:ff:ff") / ARP(psrc=LGWAN_TERM, pdst="198.18.20.254"), False)
+    ]
     # a fragmented echo request, decided when complete; its small unfragmented reply follows
     # at once: it must see the flow the reassembled request created
     big = IP(src=LGWAN_TERM, dst=CHUKAN, id=4242) / ICMP(type=8, id=2, seq=1) / (b"P" * 2500)

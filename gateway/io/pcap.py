@@ -11,6 +11,7 @@ multi-GB captures where speed matters.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import re
 import struct
@@ -434,12 +435,13 @@ def ip_offset(linktype: int, frame: bytes) -> int | None:
 # for frames whose IP header directly follows an ethertype (Ethernet with any VLAN tags, SLL):
 # IPv4 with MF set or a nonzero offset; IPv6 whose first next-header can lead to a fragment
 # header. False positives (payload bytes that look like this) only cost an extra engine call.
-_IP_FRAG = (
-    rb"(?:[\x45-\x4f].{5}(?:[^\x00\x40\x80\xc0]|[\x00\x40\x80\xc0][^\x00])"  # IPv4: flags/offset
-    rb"|[\x60-\x6f].{5}[\x00\x2b\x2c\x33\x3c\x87])"  # IPv6: next header 0, 43, 44, 51, 60, 135
-)
-_FRAG_AFTER_ETHERTYPE = re.compile(rb"(?=(?:\x08\x00|\x86\xdd)" + _IP_FRAG + rb")", re.S)
-_FRAG_AT = re.compile(_IP_FRAG, re.S)
+# Each pattern starts with a literal so the regex engine can skip ahead fast (~1.5 ms/MiB); a
+# match consumes at most 10 bytes, too few to hide the next frame's ethertype (>= 28 bytes on).
+_IPV4_FRAG = rb"[\x45-\x4f].{5}(?:[^\x00\x40\x80\xc0]|[\x00\x40\x80\xc0][^\x00])"  # flags/offset bytes
+_IPV6_FRAG = rb"[\x60-\x6f].{5}[\x00\x2b\x2c\x33\x3c\x87]"  # next header 0, 43, 44, 51, 60, 135
+_FRAG_V4_ETHERTYPE = re.compile(rb"\x08\x00" + _IPV4_FRAG, re.S)
+_FRAG_V6_ETHERTYPE = re.compile(rb"\x86\xdd" + _IPV6_FRAG, re.S)
+_FRAG_AT = re.compile(rb"(?:" + _IPV4_FRAG + rb"|" + _IPV6_FRAG + rb")", re.S)
 _ETHERTYPE_LINKS = frozenset({LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL})
 
 
@@ -450,19 +452,16 @@ def fragment_candidates(batch: Batch) -> list[int]:
         return []
     buf = batch.buf
     offsets = batch.offsets
-    out: list[int] = []
     if batch.linktype in _ETHERTYPE_LINKS:
-        import bisect
-
         first = offsets[0]
         last_end = offsets[n - 1] + batch.lengths[n - 1]
-        prev = -1
-        for m in _FRAG_AFTER_ETHERTYPE.finditer(buf, first, last_end):
-            i = bisect.bisect_right(offsets, m.start()) - 1
-            if i != prev and i >= 0:
-                out.append(i)
-                prev = i
-        return out
+        found: set[int] = set()
+        for rx in (_FRAG_V4_ETHERTYPE, _FRAG_V6_ETHERTYPE):
+            for m in rx.finditer(buf, first, last_end):
+                found.add(bisect.bisect_right(offsets, m.start()) - 1)
+        found.discard(-1)
+        return sorted(found)
+    out: list[int] = []
     # other link types: the IP header sits at a fixed offset, check each frame
     lengths = batch.lengths
     linktype = batch.linktype
