@@ -21,6 +21,7 @@ trap 'rm -f "$LOG"' EXIT
 APT_PACKAGES=(
     python3 python3-venv python3-dev gcc libc6-dev
     iptables libnetfilter-queue-dev iproute2 libmagic1 tcpdump
+    systemd  # systemd-analyze: the daemon tests verify systemd/lgwan-gateway.service offline
 )
 
 step() { printf '==> %s\n' "$*"; }
