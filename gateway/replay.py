@@ -93,7 +93,9 @@ class ReplaySummary:
     dropped: int = 0
     inspected: int = 0
     inspect_unavailable: int = 0  # inspected frames not forwarded because no inspector is present
-    forwarded: int = 0  # frames written to --out (accepted plus what an inspector released)
+    # frames written to --out (or that would be, without --out): accepted plus what an inspector
+    # released, minus frames whose link type differs from the output's (see warnings)
+    forwarded: int = 0
     dropped_by_reason: dict[str, int] = field(default_factory=dict)
     non_ip: int = 0
     flows: int = 0
@@ -190,11 +192,12 @@ class _Replayer:
         return self.writer
 
     def _emit(self, frames: Sequence[OutFrame], linktype: int) -> None:
-        self.forwarded += len(frames)
         w = self._writer_for(linktype)
         if w is not None:
             for fr in frames:
                 w.write(fr.ts_us, fr.frame, fr.orig_len)
+        if w is not None or self.writer_file is None:
+            self.forwarded += len(frames)
 
     def _log(self, raw: list[RawEvent]) -> None:
         if self.events is not None and raw:
@@ -247,7 +250,7 @@ class _Replayer:
         w = self._writer_for(batch.linktype)
         if w is not None:
             self.forwarded += w.write_selected(batch, verdicts, ACCEPT, start, stop)
-        else:
+        elif self.writer_file is None:  # no --out: count what would be written
             self.forwarded += verdicts.count(_ACCEPT_B, start, stop)
         if self.inspector is not None:
             i = verdicts.find(_INSPECT_B, start, stop)

@@ -245,3 +245,24 @@ def test_empty_capture_gives_valid_empty_output(tmp_path: Path) -> None:
     assert s.packets == 0
     assert rdpcap(str(tmp_path / "o.pcap")) is not None
     assert (tmp_path / "o.pcap").stat().st_size == 24
+
+
+def test_pcapng_mixed_link_types(tmp_path: Path) -> None:
+    from test_pcap import NgBuilder
+
+    eth = [raw(to_frame(p)) for p in tcp_flow(LGWAN_TERM, ASP, 40010, 443)]
+    raw_ip = [raw(p) for p in tcp_flow(LGWAN_TERM, ASP, 40011, 443)]
+    b = NgBuilder().shb().idb(1).idb(101).idb(147)  # 147: LINKTYPE_USER0, not supported
+    for i, f in enumerate(eth):
+        b.epb(0, T0 + i, f)
+    for i, f in enumerate(raw_ip):
+        b.epb(1, T0 + 100 + i, f)
+    b.epb(2, T0 + 200, b"\x01\x02\x03")
+    cap = tmp_path / "mixed.pcapng"
+    cap.write_bytes(bytes(b.out))
+    s = replay(cap, lab(), tmp_path / "o.pcap")
+    assert s.packets == 11 and s.accepted == 10 and s.dropped == 1
+    assert s.dropped_by_reason == {"unsupported_linktype": 1}
+    # the output is Ethernet (the first link type seen): raw-IP frames cannot go in it
+    assert [raw(p) for p in rdpcap(str(tmp_path / "o.pcap"))] == eth and s.forwarded == 5
+    assert any("link type 101" in w for w in s.warnings) and any("147" in w for w in s.warnings)
