@@ -327,6 +327,7 @@ class Supervisor:
         self.mark_gen = 1
         self._flags: set[int] = set()
         self._offloaded_base = (0, 0)
+        self._rules_installed = False  # only an instance that installed rules may change them at stop
         self._stop_metrics: Callable[[], None] | None = None
 
     # signal handlers only record the signal; the main loop acts on it (wakeup fd)
@@ -356,6 +357,7 @@ class Supervisor:
                 return 1
             if s.manage_rules:
                 self.ipt.install(s.rules_config(self.mark_gen))
+                self._rules_installed = True
             if s.metrics_port:
                 from gateway.io.metrics import serve
 
@@ -597,7 +599,7 @@ class Supervisor:
             else:
                 os.kill(w.pid, signal.SIGKILL)
                 os.waitpid(w.pid, 0)
-        if self.settings.manage_rules:
+        if self._rules_installed:
             # the rules stay (fail closed); only the offload accept goes, so offloaded flows stop too
             try:
                 self.ipt.install(self.settings.rules_config(self.mark_gen, running=False))

@@ -447,3 +447,16 @@ def test_workers_keep_both_directions_together(tmp_path: Path) -> None:
         assert m["lgwan_workers"] == 2
     finally:
         lab.down()
+
+
+def test_second_instance_refused_and_leaves_rules_alone(lab: Lab) -> None:
+    lab.start()
+    rules_before = sh("ip", "netns", "exec", lab.g, "iptables", "-S", "LGWAN-FWD").stdout
+    second = sh(
+        "ip", "netns", "exec", lab.g, "env", f"PYTHONPATH={ROOT}", PY, "-m", "gateway", "run",
+        "--config", str(lab.config), "--metrics-port", "0", check=False,
+    )  # fmt: skip
+    assert second.returncode == 1
+    assert "cannot bind NFQUEUE 0" in second.stderr
+    assert sh("ip", "netns", "exec", lab.g, "iptables", "-S", "LGWAN-FWD").stdout == rules_before
+    assert lab.connect(ALLOWED)
