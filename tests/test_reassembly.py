@@ -258,6 +258,14 @@ def test_fin_held_until_data_released_and_stream_end() -> None:
     assert h.finals()[late] == Drop(late, "data_after_fin")
 
 
+def test_fin_before_held_data_is_refused() -> None:
+    h = Harness(Reassembler(), auto_release=False)
+    h.handshake()
+    h.send(C2S, 10, b"later")
+    f = h.send(C2S, 5, b"", FIN | ACK)
+    assert h.finals()[f] == Drop(f, "data_after_fin")
+
+
 def test_rst_drops_held_and_forwards_rst() -> None:
     h = Harness(Reassembler(), auto_release=False)
     h.handshake()

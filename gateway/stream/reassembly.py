@@ -318,8 +318,10 @@ class Reassembler:
             return out
 
         fin = bool(flags & FIN)
+        # A FIN must not contradict bytes we already have: it would strand held data forever.
+        have = half.ooo[-1][0] + len(half.ooo[-1][1]) if half.ooo else half.delivered
         if (half.fin is not None and (end > half.fin or (fin and end != half.fin))) or (
-            fin and half.fin is None and end < half.delivered
+            fin and half.fin is None and end < have
         ):
             out.append(Anomaly("data_after_fin", direction, f"[{start}, {end}) fin={half.fin}"))
             out.append(Drop(segment_id, "data_after_fin"))
