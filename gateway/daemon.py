@@ -45,7 +45,8 @@ from gateway.io.sdnotify import Notifier
 log = logging.getLogger("lgwan-gateway")
 
 REPORT_INTERVAL = 0.5  # seconds between worker snapshots (heartbeats)
-HEARTBEAT_TIMEOUT = 10.0  # a worker silent this long is hung: stop pinging the watchdog
+HEARTBEAT_TIMEOUT = 10.0  # a worker silent this long is hung: stop pinging the watchdog (capped
+# at half of WatchdogSec, so systemd notices a hung worker within one watchdog period)
 RELOAD_TIMEOUT = 10.0  # seconds a worker may take to acknowledge a new policy
 MAX_DRAIN_BATCHES = 32  # batches a worker handles before it looks at its control pipe
 PR_SET_PDEATHSIG = 1
@@ -458,6 +459,7 @@ class Supervisor:
             by_fd[w.conn.fileno()] = w
         next_check = time.monotonic() + self.settings.check_interval
         wd_interval = self.notify.watchdog_usec / 2e6 if self.notify.watchdog_usec else 0.0
+        hung_after = min(HEARTBEAT_TIMEOUT, max(2 * REPORT_INTERVAL, wd_interval)) if wd_interval else HEARTBEAT_TIMEOUT
         next_wd = 0.0
         while True:
             for fd, _ in poller.poll(200):
@@ -486,7 +488,7 @@ class Supervisor:
                 next_check = now + self.settings.check_interval
                 self.check_rules()
             if wd_interval and now >= next_wd:
-                if all(now - w.last_seen < HEARTBEAT_TIMEOUT for w in self.workers.values()):
+                if all(now - w.last_seen < hung_after for w in self.workers.values()):
                     self.notify.watchdog()
                     next_wd = now + wd_interval
                 else:  # no ping: systemd kills and restarts us after WatchdogSec

@@ -224,12 +224,12 @@ class Lab:
             text += '\n[[rules]]\nid = "oops"\nfrom = "clients"\nto = "nowhere"\naction = "allow"\n'
         self.config.write_text(text)
 
-    def start(self, *extra: str, workers: int = 1) -> None:
+    def start(self, *extra: str, workers: int = 1, env_extra: dict[str, str] | None = None) -> None:
         sock_path = str(self.tmp / "notify.sock")
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(sock_path)
         self.notify.settimeout(15)
-        env = dict(os.environ, NOTIFY_SOCKET=sock_path, PYTHONPATH=str(ROOT))
+        env = dict(os.environ, NOTIFY_SOCKET=sock_path, PYTHONPATH=str(ROOT), **(env_extra or {}))
         argv = [PY, "-m", "gateway", "run", "--config", str(self.config), "--events", str(self.events)]
         argv += ["--workers", str(workers), "--rules-check-interval", "0.5", *extra]
         logf = open(self.log, "w")  # noqa: SIM115 - closed with the process
@@ -460,3 +460,32 @@ def test_second_instance_refused_and_leaves_rules_alone(lab: Lab) -> None:
     assert "cannot bind NFQUEUE 0" in second.stderr
     assert sh("ip", "netns", "exec", lab.g, "iptables", "-S", "LGWAN-FWD").stdout == rules_before
     assert lab.connect(ALLOWED)
+
+
+def _worker_pids(daemon_pid: int) -> list[int]:
+    children = Path(f"/proc/{daemon_pid}/task/{daemon_pid}/children").read_text().split()
+    return [int(p) for p in children if b"gateway" in Path(f"/proc/{p}/cmdline").read_bytes()]
+
+
+def test_watchdog_pings_follow_worker_health(lab: Lab) -> None:
+    # WatchdogSec=1s: pings every 0.5 s while the worker reports, none once it hangs
+    lab.start(env_extra={"WATCHDOG_USEC": "1000000"})
+    assert lab.next_notify() == ["WATCHDOG=1"]
+    assert lab.next_notify() == ["WATCHDOG=1"]
+    assert lab.daemon is not None and lab.notify is not None
+    (worker,) = _worker_pids(lab.daemon.pid)
+    os.kill(worker, signal.SIGSTOP)  # a hung packet loop
+    try:
+        time.sleep(1.2)
+        lab.notify.settimeout(0.01)
+        with contextlib.suppress(TimeoutError):
+            while True:
+                lab.notify.recv(4096)  # pings sent before the hang was noticed
+        lab.notify.settimeout(1.5)
+        with pytest.raises(TimeoutError):
+            lab.notify.recv(4096)
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    lab.notify.settimeout(3)
+    assert lab.next_notify() == ["WATCHDOG=1"]
+    assert "withholding the watchdog ping" in lab.log.read_text()
