@@ -143,6 +143,8 @@ class Epilogue:
 class Defect:
     """Something malformed or ambiguous that the parser recovered from.
 
+    Decoding defects (base64/QP) are reported just before the part's PartEnd, with offset =
+    body_start, so that events do not depend on how the input was chunked.
     Mail clients recover differently: the inspector may refuse on defects that can make clients
     see a different structure than we did (see docs/mime.md for the list and their risk).
     """

@@ -58,6 +58,7 @@ _EOL = re.compile(rb"\r\n|\r|\n")
 # A line break that may start a delimiter line: followed by "-", or at the end of the buffer
 # (the next feed decides). Body bytes between such points stream through unexamined.
 _CAND = re.compile(rb"(?:\r\n|\r|\n)(?=-)|(?:\r\n|\r|\n)\Z")
+_BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 
 # Frame states
 _HEADERS = 0
@@ -87,6 +88,7 @@ class _Frame:
     decoder: Decoder | None = None
     decoded_size: int = 0
     subtype: str = ""
+    body_start: int = 0
     bare_eols: set[bytes] = field(default_factory=set)  # kinds of bare line break reported
 
     def child_path(self, n: int) -> str:
@@ -216,9 +218,6 @@ class MimeParser:
             decoded = frame.decoder.decode(raw)
             frame.decoded_size += len(decoded)
             self._out.append(PartData(frame.path, self._pend_off, raw, decoded))
-            for kind in frame.decoder.take_defects():
-                self._defects += 1
-                self._out.append(Defect(frame.path, self._pend_off, kind))
         elif self._pend_state == _PREAMBLE:
             self._out.append(Preamble(frame.path, self._pend_off, raw))
         else:
@@ -367,6 +366,7 @@ class MimeParser:
         )
         top.kind = kind
         top.subtype = ctype.subtype
+        top.body_start = body_start
         top.boundary = boundary
         self._line_start = True
         self._line_len = 0
@@ -446,10 +446,21 @@ class MimeParser:
             return
         lim = self.limits.max_body_line_length
         if lim is not None:
-            self._line_len += end - start
-            if self._line_len > lim:
-                self._fail("max_body_line_length", lim, self._off(start))
+            if self._line_len + end - start > lim:
+                # emit exactly up to the limit, so the events do not depend on chunking
+                cut = start + lim - self._line_len
+                self._emit(top, self._off(start), bytes(self._buf[start:cut]))
+                self._fail("max_body_line_length", lim, self._off(cut))
                 return
+            self._line_len += end - start
+        if len(top.bare_eols) < 2:
+            # Bare CR/LF inside the bytes that stream through unexamined (exact offsets, so the
+            # defect does not depend on chunking; the data before it is emitted first).
+            for m in _BARE.finditer(self._buf, start, end):
+                if m.group() not in top.bare_eols:
+                    self._emit(top, self._off(start), bytes(self._buf[start : m.start()]))
+                    start = m.start()
+                    self._bare_eol(top, start, m.group())
         self._emit(top, self._off(start), bytes(self._buf[start:end]))
         self._pos = end
 
@@ -469,8 +480,14 @@ class MimeParser:
         else:  # incomplete: a final CR is (maybe) the line break, not content
             end = after = len(buf) - 1 if buf.endswith(b"\r") else len(buf)
         line = bytes(buf[pos:end])
+        cap = self.limits.max_line_length
+        if len(line) > cap:
+            # Judge an over-long line by its first cap+1 bytes, as if incomplete: the outcome
+            # must not depend on whether the rest of the line has arrived yet.
+            line, complete = line[: cap + 1], False
         need = False
-        near = False
+        near: str | None = None  # path of the multipart whose delimiter the line resembles
+        after_close: str | None = None
         for i in range(len(self._stack) - 1, -1, -1):
             f = self._stack[i]
             if f.boundary is None:
@@ -480,21 +497,24 @@ class MimeParser:
                 need = True
             elif r == _DELIM:
                 if f.state == _EPILOGUE:
-                    self._defect(top.path, self._off(pos), "delimiter-after-close", f.path)
+                    after_close = f.path
                     continue
                 if need:
                     break  # an inner boundary may still match once the line is complete
                 self._delimiter(i, closing, pos, end, after)
                 return True
-            elif r == _DATA and closing:  # closing doubles as "starts like a delimiter" here
-                near = True
+            elif r == _DATA and closing and near is None:  # closing doubles as "delimiter + junk"
+                near = f.path
         if need:
-            if end - pos > self.limits.max_line_length:
-                self._fail("max_line_length", self.limits.max_line_length, self._off(pos))
+            if len(line) > cap:
+                self._fail("max_line_length", cap, self._off(pos))
             return False
-        if near:
-            self._defect(top.path, self._off(pos), "near-delimiter", line[:80].decode("latin-1"))
         self._begin_data_line(top)
+        if after_close is not None:
+            self._defect(top.path, self._off(pos), "delimiter-after-close", after_close)
+        if near is not None:
+            # detail: the multipart path, not the line (how much of it we saw depends on chunking)
+            self._defect(top.path, self._off(pos), "near-delimiter", near)
         return True
 
     def _delimiter(self, level: int, closing: bool, pos: int, end: int, after: int) -> None:
@@ -537,12 +557,14 @@ class MimeParser:
                 self._defect(f.path, body_end, "missing-close-delimiter")
             if f.decoder is not None:
                 tail = f.decoder.flush()
-                for kind in f.decoder.take_defects():
-                    self._defects += 1
-                    self._out.append(Defect(f.path, body_end, kind))
                 if tail:
                     f.decoded_size += len(tail)
                     self._out.append(PartData(f.path, body_end, b"", tail))
+                # Decoding defects come at the part's end, at its body_start: where and when a
+                # decoder notices a problem depends on chunking, and events must not.
+                for kind in f.decoder.take_defects():
+                    self._defects += 1
+                    self._out.append(Defect(f.path, f.body_start, kind))
             self._out.append(PartEnd(f.path, body_end, f.decoded_size))
 
 
