@@ -87,7 +87,9 @@ class Base64Decoder(_Base):
                 self._defect("base64-data-after-padding")
             if head:
                 out += self._decode_tail(head)
-                self._padded = True
+            # any "=" ends the data for strict decoders, whether or not a quantum precedes it in
+            # this chunk (the state must not depend on chunking)
+            self._padded = True
             # skip the run of "=" (padding, or stray "=" which carries no data)
             j = eq
             while j < len(s) and s[j] == 0x3D:

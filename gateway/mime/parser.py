@@ -247,11 +247,12 @@ class MimeParser:
         found = self._find_line(eof)
         if found is None:
             pending = len(self._buf) - self._pos
+            content = pending - (1 if self._buf.endswith(b"\r") else 0)  # a final CR may be the EOL
             if eof:  # input ends inside the header block: the body is empty
                 at = self._off(self._pos)
                 self._finish_headers(top, at, at)
                 return True
-            if pending > lim.max_line_length:
+            if content > lim.max_line_length:
                 self._fail("max_line_length", lim.max_line_length, self._off(self._pos))
             elif top.header_size + pending > lim.max_header_size:
                 self._fail("max_header_size", lim.max_header_size, self._off(self._pos))
@@ -562,7 +563,7 @@ class MimeParser:
                     self._out.append(PartData(f.path, body_end, b"", tail))
                 # Decoding defects come at the part's end, at its body_start: where and when a
                 # decoder notices a problem depends on chunking, and events must not.
-                for kind in f.decoder.take_defects():
+                for kind in sorted(f.decoder.take_defects()):  # discovery order depends on chunking
                     self._defects += 1
                     self._out.append(Defect(f.path, f.body_start, kind))
             self._out.append(PartEnd(f.path, body_end, f.decoded_size))

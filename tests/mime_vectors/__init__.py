@@ -53,8 +53,8 @@ def to_jis(text: str) -> bytes:
 def to_jis_so_si(text: str) -> bytes:
     """CP50222 style: half-width katakana as SO ... SI instead of ESC ( I."""
     out = bytearray()
-    for chunk in to_jis(text).split(b"\x1b(I"):
-        if not out and not chunk.startswith(b"\x1b"):
+    for i, chunk in enumerate(to_jis(text).split(b"\x1b(I")):
+        if i == 0:
             out += chunk
             continue
         # chunk starts with kana bytes up to the next ESC
