@@ -136,3 +136,16 @@ def test_name_token_soup(parts: list[bytes]) -> None:
 @given(name=st.text(max_size=80))
 def test_check_name_total(name: str) -> None:
     assert isinstance(check_name(name), list)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(buf=st.lists(st.sampled_from([b"\r", b"\n", b"-", b"x", b"\r\n"]), max_size=12), pos=st.integers(0, 12))
+def test_fast_candidate_search_matches_the_regex(buf: list[bytes], pos: int) -> None:
+    from gateway.mime.parser import _CAND, _find_candidate_eol
+
+    b = bytearray(b"".join(buf))
+    pos = min(pos, len(b))
+    if pos and b[pos - 1 : pos + 1] == b"\r\n":
+        return  # the parser never stands between CR and LF
+    m = _CAND.search(b, pos)
+    assert _find_candidate_eol(b, pos) == (None if m is None else (m.start(), m.end()))

@@ -122,7 +122,6 @@ class MimeParser:
         self._failed = False
         self._ended = False
         self._defects = 0
-        self._eol_rx = _EOL if self.limits.max_body_line_length else _CAND
 
     # -- public API ------------------------------------------------------------------------
 
@@ -417,21 +416,26 @@ class MimeParser:
                 self._begin_data_line(top)
                 return True
             return self._candidate_line(top, eof)
-        m = self._eol_rx.search(buf, pos)
-        if m is None:
+        if self.limits.max_body_line_length:
+            m = _EOL.search(buf, pos)
+            found = None if m is None else (m.start(), m.end())
+        else:
+            found = _find_candidate_eol(buf, pos)
+        if found is None:
             self._body_bytes(top, pos, len(buf))
             return False
-        self._body_bytes(top, pos, m.start())
+        e_start, e_end = found
+        self._body_bytes(top, pos, e_start)
         if self._failed:
             return False
-        eol = m.group()
-        if eol == b"\r" and m.end() == len(buf) and not eof:
+        eol = bytes(buf[e_start:e_end])
+        if eol == b"\r" and e_end == len(buf) and not eof:
             return False  # the CR may be half a CRLF: wait
         if eol != b"\r\n":
-            self._bare_eol(top, m.start(), eol)
-        self._held = bytes(eol)
-        self._held_off = self._off(m.start())
-        self._pos = m.end()
+            self._bare_eol(top, e_start, eol)
+        self._held = eol
+        self._held_off = self._off(e_start)
+        self._pos = e_end
         self._line_start = True
         self._line_len = 0
         return True
@@ -454,7 +458,10 @@ class MimeParser:
                 self._fail("max_body_line_length", lim, self._off(cut))
                 return
             self._line_len += end - start
-        if len(top.bare_eols) < 2:
+        buf = self._buf
+        if len(top.bare_eols) < 2 and not (
+            buf.count(b"\n", start, end) == buf.count(b"\r", start, end) == buf.count(b"\r\n", start, end)
+        ):
             # Bare CR/LF inside the bytes that stream through unexamined (exact offsets, so the
             # defect does not depend on chunking; the data before it is emitted first).
             for m in _BARE.finditer(self._buf, start, end):
@@ -567,6 +574,25 @@ class MimeParser:
                     self._defects += 1
                     self._out.append(Defect(f.path, f.body_start, kind))
             self._out.append(PartEnd(f.path, body_end, f.decoded_size))
+
+
+def _find_candidate_eol(buf: bytearray, pos: int) -> tuple[int, int] | None:
+    """(start, end) of the first line break at or after `pos` that is followed by "-" or ends
+    the buffer; None if there is none. Same as the regex `_CAND`, several times faster."""
+    best: tuple[int, int] | None = None
+    i = buf.find(b"\n-", pos)
+    if i >= 0:
+        best = (i - 1, i + 1) if i - 1 >= pos and buf[i - 1] == 0x0D else (i, i + 1)
+    j = buf.find(b"\r-", pos, best[0] if best else len(buf))
+    if j >= 0:
+        best = (j, j + 1)
+    if best is None:
+        n = len(buf)
+        if buf.endswith(b"\r\n") and n - 2 >= pos:
+            best = (n - 2, n)
+        elif n > pos and buf[n - 1] in (0x0A, 0x0D):
+            best = (n - 1, n)
+    return best
 
 
 def _first(headers: list[Header], lname: str) -> bytes | None:
