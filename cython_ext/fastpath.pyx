@@ -759,7 +759,7 @@ cdef class Engine:
         return -1
 
     cdef int32_t _match(self, uint64_t s_hi, uint64_t s_lo, uint64_t d_hi, uint64_t d_lo,
-                        int32_t sport, int32_t dport, int32_t proto, int32_t sz, int32_t dz,
+                        int32_t sport, int32_t dport, int32_t proto, int32_t family, int32_t sz, int32_t dz,
                         int32_t* verdict) noexcept nogil:
         """reference._match: first matching rule index (verdict in *verdict); -1 = zone default."""
         cdef int32_t i, j
@@ -768,7 +768,8 @@ cdef class Engine:
         cdef CPortRange* pr
         cdef bint ok
         cdef bint ports = proto == 6 or proto == 17
-        cdef bint icmp = proto == 1 or proto == 58
+        # ICMPv6 inside IPv4 (or ICMP inside IPv6) is not parsed as ICMP: it has no type to match
+        cdef bint icmp = (proto == 1 and family == 4) or (proto == 58 and family == 6)
         for i in range(self._n_rules):
             r = &self._rules[i]
             if r.from_zone != sz or r.to_zone != dz:
@@ -1123,7 +1124,8 @@ cdef class Engine:
         if p.proto == 6 and (fl & (TH_SYN | TH_ACK)) != TH_SYN:
             return self._drop(EV_DROP, ts, &p, sz, dz, R_NO_FLOW, d)
 
-        rule = self._match(p.src_hi, p.src_lo, p.dst_hi, p.dst_lo, p.sport, p.dport, p.proto, sz, dz, &verdict)
+        rule = self._match(p.src_hi, p.src_lo, p.dst_hi, p.dst_lo, p.sport, p.dport, p.proto, p.family, sz, dz,
+                           &verdict)
         fi = self._insert(a_hi, a_lo, b_hi, b_lo, pa, pb, p.proto)
         f = &self._flows[fi]
         f.verdict = verdict
@@ -1159,7 +1161,7 @@ cdef class Engine:
         if f.proto == 1 or f.proto == 58:
             isport = f.first_type
             idport = f.first_code
-        f.rule = self._match(s_hi, s_lo, d_hi, d_lo, isport, idport, f.proto, sz, dz, &verdict)
+        f.rule = self._match(s_hi, s_lo, d_hi, d_lo, isport, idport, f.proto, p.family, sz, dz, &verdict)
         f.verdict = verdict
         f.src_zone = sz
         f.dst_zone = dz
@@ -1214,15 +1216,17 @@ cdef class Engine:
         return _tuple_new(Decision, (d.verdict, d.reason, d.rule, d.src_zone, d.dst_zone, d.flow_id))
 
     def decide_frames(self, buf, const long long[::1] offsets, const long long[::1] lengths,
-                      const long long[::1] ts_us, int linktype, unsigned char[::1] out):
-        """Decide a batch of link-layer frames (pcap records in one buffer); out[i] = verdict of frame i.
+                      const long long[::1] ts_us, int linktype, unsigned char[::1] out, Py_ssize_t start=0):
+        """Decide frames start.. of a batch (pcap records in one buffer); out[i] = verdict of frame i.
 
-        Frames whose link layer is not IPv4/IPv6 get DROP, reason non_ip, and no event.
+        Returns the index after the last frame decided: all of them, or stops right after a
+        FRAGMENT (see reference.Engine.decide_frames). Frames whose link layer is not IPv4/IPv6
+        get DROP, reason non_ip, and no event.
         """
         cdef const uint8_t[::1] view = memoryview(buf).cast("B")
         cdef const uint8_t* data = &view[0] if view.shape[0] > 0 else NULL
         cdef Py_ssize_t total = view.shape[0]
-        cdef Py_ssize_t i, nframes = offsets.shape[0], start, end, ip
+        cdef Py_ssize_t i, nframes = offsets.shape[0], begin, end, ip
         cdef CDecision d
         if not (linktype == 0 or linktype == 1 or linktype == 101 or linktype == 113 or linktype == 228
                 or linktype == 229 or linktype == 276):
@@ -1234,15 +1238,15 @@ cdef class Engine:
         for i in range(nframes):
             if offsets[i] < 0 or lengths[i] < 0 or offsets[i] + lengths[i] > total:
                 raise ValueError(f"decide_frames: frame {i} lies outside the buffer")
-        for i in range(nframes):
-            start = offsets[i]
-            end = start + lengths[i]
+        for i in range(start, nframes):
+            begin = offsets[i]
+            end = begin + lengths[i]
             # In a big capture each frame's headers are a cache miss; ask for a later frame's now
             # so the memory latency overlaps with deciding this one.
             if i + PREFETCH_AHEAD < nframes:
                 LG_PREFETCH(data + offsets[i + PREFETCH_AHEAD])
                 LG_PREFETCH(data + offsets[i + PREFETCH_AHEAD] + 63)
-            ip = ip_offset(data, start, end, linktype)
+            ip = ip_offset(data, begin, end, linktype)
             if ip == -2:
                 self._count(DROP, R_NON_IP)
                 out[i] = DROP
@@ -1252,12 +1256,17 @@ cdef class Engine:
             else:
                 self._decide_ip(data, ip, end, ts_us[i], -1, -1, &d)
                 out[i] = d.verdict
+                if d.verdict == FRAGMENT:
+                    return i + 1
+        return nframes
 
 
 cdef inline void tcp_track(CFlow* f, int fl, bint from_initiator) noexcept nogil:
     # reference._tcp_track
     if fl & TH_RST:
         f.tcp_state = TCP_CLOSED
+        return
+    if f.tcp_state == TCP_CLOSED:  # closed stays closed (a late FIN must not reopen it)
         return
     if (fl & TH_SYN) and (fl & TH_ACK) and not from_initiator and f.tcp_state == TCP_SYN_SENT:
         f.tcp_state = TCP_ESTABLISHED

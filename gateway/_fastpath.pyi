@@ -30,7 +30,8 @@ class Engine:
         ts_us: array[int],
         linktype: int,
         out: bytearray,
-    ) -> None: ...
+        start: int = 0,
+    ) -> int: ...
 
 def scan_pcap_records(
     buf: Buffer,

@@ -41,7 +41,6 @@ from gateway.io.pcap import (
     CaptureReader,
     PcapError,
     PcapWriter,
-    fragment_candidates,
     ip_offset,
     open_capture,
 )
@@ -136,7 +135,6 @@ class ReplaySummary:
 
 _ACCEPT_B = bytes([ACCEPT])
 _INSPECT_B = bytes([INSPECT])
-_FRAGMENT_B = bytes([FRAGMENT])
 
 
 class _Held(NamedTuple):
@@ -217,34 +215,23 @@ class _Replayer:
             self._drop_extra("unsupported_linktype", n)
             return
         verdicts = bytearray(n)
-        # Split engine calls right after each possible fragment, so that a datagram completed
-        # by a fragment is decided before the frames that follow it: the same order as live,
-        # whatever the batch boundaries.
+        # The engine stops right after a fragment, so a datagram completed by that fragment is
+        # decided before the frames that follow it: the same order as live (conntrack reassembles
+        # before the queue), whatever the batch boundaries.
         pos = 0
-        for c in [*fragment_candidates(batch), n - 1]:
-            if c >= pos:
-                self._decide(batch, pos, c + 1, verdicts)
-                pos = c + 1
+        while pos < n:
+            stop = self.engine.decide_frames(
+                batch.buf, batch.offsets, batch.lengths, batch.ts_us, batch.linktype, verdicts, pos
+            )
+            self._log(self.engine.pop_events())
+            fragment = verdicts[stop - 1] == FRAGMENT
+            self._forward_range(batch, verdicts, pos, stop - 1 if fragment else stop)
+            if fragment:
+                self._fragment(batch, stop - 1)
+            pos = stop
         self.accepted += verdicts.count(_ACCEPT_B)
         self.dropped += verdicts.count(bytes([DROP]))
         self.inspected += verdicts.count(_INSPECT_B)
-
-    def _decide(self, batch: Batch, start: int, stop: int, verdicts: bytearray) -> None:
-        whole = start == 0 and stop == len(batch)
-        part = batch if whole else batch.slice(start, stop)
-        out = bytearray(stop - start)
-        self.engine.decide_frames(part.buf, part.offsets, part.lengths, part.ts_us, part.linktype, out)
-        verdicts[start:stop] = out
-        self._log(self.engine.pop_events())
-        i = start
-        while i < stop:
-            f = verdicts.find(_FRAGMENT_B, i, stop)
-            end = stop if f < 0 else f
-            self._forward_range(batch, verdicts, i, end)
-            if f < 0:
-                break
-            self._fragment(batch, f)
-            i = f + 1
 
     def _forward_range(self, batch: Batch, verdicts: bytearray, start: int, stop: int) -> None:
         w = self._writer_for(batch.linktype)

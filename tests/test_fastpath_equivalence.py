@@ -413,6 +413,17 @@ LINKTYPES = [
 ]
 
 
+def decide_all(
+    eng: Any, buf: bytes, offsets: array[int], lengths: array[int], stamps: array[int], linktype: int, out: bytearray
+) -> list[int]:
+    """Run decide_frames to the end of the batch (it stops after each fragment); return the stops."""
+    pos, stops = 0, []
+    while pos < len(offsets):
+        pos = eng.decide_frames(buf, offsets, lengths, stamps, linktype, out, pos)
+        stops.append(pos)
+    return stops
+
+
 @SETTINGS
 @given(
     linktype=st.sampled_from(LINKTYPES),
@@ -433,9 +444,10 @@ def test_decide_frames_agrees(linktype: int, frames: list[tuple[bytes, int, int]
     ref = reference.Engine(POLICIES[0], limits)
     cy = fast.Engine(POLICIES[0], limits)
     want, got = bytearray(len(frames)), bytearray(len(frames))
-    ref.decide_frames(bytes(buf), offsets, lengths, stamps, linktype, want)
-    cy.decide_frames(bytes(buf), offsets, lengths, stamps, linktype, got)
+    want_stops = decide_all(ref, bytes(buf), offsets, lengths, stamps, linktype, want)
+    got_stops = decide_all(cy, bytes(buf), offsets, lengths, stamps, linktype, got)
     assert got == want
+    assert got_stops == want_stops
     assert cy.pop_events() == ref.pop_events()
     assert cy.counters() == ref.counters()
     assert cy.flow_count == ref.flow_count
@@ -465,7 +477,7 @@ def test_decide_frames_matches_decide_on_raw_ip() -> None:
     lengths = array("q", map(len, pkts))
     stamps = array("q", range(10, 10 + len(pkts)))
     out = bytearray(len(pkts))
-    batch.decide_frames(buf, offsets, lengths, stamps, LINKTYPE_RAW, out)
+    decide_all(batch, buf, offsets, lengths, stamps, LINKTYPE_RAW, out)
     assert list(out) == [loop.decide(p, t).verdict for p, t in zip(pkts, stamps, strict=True)]
     assert batch.pop_events() == loop.pop_events()
     assert batch.counters() == loop.counters()

@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import ARP, CookedLinux, CookedLinuxV2, Dot1Q, Ether, Loopback
@@ -31,7 +29,6 @@ from gateway.io.pcap import (
     Batch,
     CaptureReader,
     PcapError,
-    fragment_candidates,
     ip_offset,
     open_capture,
 )
@@ -418,19 +415,22 @@ def _batch(linktype: int, frames: list[bytes]) -> Batch:
 
 
 @pytest.mark.parametrize("linktype", ALL_LINKTYPES)
-def test_fragment_candidates_have_no_false_negatives(linktype: int) -> None:
-    items = list(_frag_frames(linktype))
-    batch = _batch(linktype, [f for f, _ in items])
-    cands = set(fragment_candidates(batch))
-    truth = {i for i, (_, is_frag) in enumerate(items) if is_frag}
-    assert truth <= cands
-    # and the engine agrees on what a fragment is
+def test_decide_frames_stops_after_each_fragment(linktype: int, engine_cls: Any) -> None:
+    """Replay relies on this to decide a reassembled datagram before the frames after it."""
     from gateway.fastpath.common import FRAGMENT, CompiledPolicy
 
-    eng = reference.Engine(CompiledPolicy(zones=(), prefixes=(), interfaces={}, rules=()))
+    items = list(_frag_frames(linktype))
+    batch = _batch(linktype, [f for f, _ in items])
+    eng = engine_cls(CompiledPolicy(zones=(), prefixes=(), interfaces={}, rules=()))
     out = bytearray(len(batch))
-    eng.decide_frames(batch.buf, batch.offsets, batch.lengths, batch.ts_us, linktype, out)
-    assert {i for i, v in enumerate(out) if v == FRAGMENT} == truth
+    pos, stops = 0, []
+    while pos < len(batch):
+        pos = eng.decide_frames(batch.buf, batch.offsets, batch.lengths, batch.ts_us, linktype, out, pos)
+        stops.append(pos)
+    fragments = [i for i, (_, is_frag) in enumerate(items) if is_frag]
+    assert [i for i, v in enumerate(out) if v == FRAGMENT] == fragments
+    assert stops == [i + 1 for i in fragments] + ([len(batch)] if fragments[-1] != len(batch) - 1 else [])
+    assert eng.counters()["packets"] == len(batch)  # each frame decided exactly once
 
 
 # --- writer -------------------------------------------------------------------------------------
@@ -463,44 +463,3 @@ def test_writer_rejects_other_linktype() -> None:
     w = GwPcapWriter(io.BytesIO(), LINKTYPE_RAW)
     with pytest.raises(ValueError):
         w.write_selected(_batch(LINKTYPE_ETHERNET, [b"\x00" * 20]), b"\x01", 1)
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    st.lists(
-        st.tuples(
-            st.sampled_from([LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL]),
-            st.integers(0, 2),  # VLAN tags
-            st.booleans(),  # IPv6
-            st.integers(0, 3),  # 0: whole, 1: first fragment, 2: middle, 3: last
-            st.binary(max_size=40),
-        ),
-        min_size=1,
-        max_size=12,
-    ),
-    st.sampled_from([LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL]),
-)
-def test_fragment_candidates_fuzz(items: list[tuple[int, int, bool, int, bytes]], linktype: int) -> None:
-    from gateway.fastpath.common import FRAGMENT, CompiledPolicy
-
-    frames = []
-    for _, tags, v6, kind, payload in items:
-        mf, off = {0: (False, 0), 1: (True, 0), 2: (True, 3), 3: (False, 3)}[kind]
-        if v6:
-            base = IPv6(src="2001:db8::1", dst="2001:db8::2")
-            pkt = base / (IPv6ExtHdrFragment(offset=off, m=int(mf)) / payload if kind else UDP() / payload)
-        else:
-            pkt = IP(src="198.18.20.10", dst="198.18.30.40", frag=off, flags="MF" if mf else 0, proto=17) / payload
-        if linktype == LINKTYPE_ETHERNET:
-            l2: Packet = Ether(src=MAC_A, dst=MAC_B)
-            for _ in range(tags):
-                l2 = l2 / Dot1Q(vlan=7)
-            frames.append(raw(l2 / pkt))
-        else:
-            frames.append(raw(CookedLinux(proto=0x86DD if v6 else 0x0800) / pkt))
-    batch = _batch(linktype, frames)
-    eng = reference.Engine(CompiledPolicy(zones=(), prefixes=(), interfaces={}, rules=()))
-    out = bytearray(len(batch))
-    eng.decide_frames(batch.buf, batch.offsets, batch.lengths, batch.ts_us, linktype, out)
-    truth = {i for i, v in enumerate(out) if v == FRAGMENT}
-    assert truth <= set(fragment_candidates(batch))

@@ -146,6 +146,10 @@ class Limits:
     other_timeout_us: int = 60_000_000
     max_ipv6_ext_headers: int = 8
 
+    def __post_init__(self) -> None:
+        if self.max_flows < 1:
+            raise ValueError("max_flows must be at least 1")
+
 
 @dataclass(frozen=True)
 class ZoneSpec:

@@ -318,6 +318,14 @@ class Engine:
         self._prefixes = [(net >> (128 - plen), 128 - plen, zone) for net, plen, zone in policy.prefixes]
 
     @property
+    def policy(self) -> CompiledPolicy:
+        return self._policy
+
+    @property
+    def limits(self) -> Limits:
+        return self._limits
+
+    @property
     def flow_count(self) -> int:
         return len(self._flows)
 
@@ -342,23 +350,44 @@ class Engine:
         return self._decide_ip(data, 0, len(data), ts_us, in_if, out_if)
 
     def decide_frames(
-        self, buf: Buffer, offsets: array[int], lengths: array[int], ts_us: array[int], linktype: int, out: bytearray
-    ) -> None:
+        self,
+        buf: Buffer,
+        offsets: array[int],
+        lengths: array[int],
+        ts_us: array[int],
+        linktype: int,
+        out: bytearray,
+        start: int = 0,
+    ) -> int:
+        """Decide frames start.. of a batch; out[i] = verdict of frame i. Returns the index after
+        the last frame decided: all of them, or stops right after a FRAGMENT so the caller can
+        reassemble and decide that datagram before any later frame (the order conntrack gives
+        live)."""
         if linktype not in SUPPORTED_LINKTYPES:
             raise ValueError(f"unsupported link type {linktype}")
         data = memoryview(buf)
-        for i in range(len(offsets)):
-            start = offsets[i]
-            end = start + lengths[i]
+        n = len(offsets)
+        if len(lengths) < n or len(ts_us) < n or len(out) < n:
+            raise ValueError("decide_frames: lengths, ts_us and out must cover every offset")
+        for i in range(n):
+            if offsets[i] < 0 or lengths[i] < 0 or offsets[i] + lengths[i] > len(data):
+                raise ValueError(f"decide_frames: frame {i} lies outside the buffer")
+        for i in range(start, n):
+            begin = offsets[i]
+            end = begin + lengths[i]
             ts = ts_us[i]
-            ip = _ip_offset(data, start, end, linktype)
+            ip = _ip_offset(data, begin, end, linktype)
             if ip == -2:
                 self._count_packet(DROP, R_NON_IP)
                 out[i] = DROP
             elif ip < 0:
                 out[i] = self._malformed(ts).verdict
             else:
-                out[i] = self._decide_ip(data, ip, end, ts, None, None).verdict
+                verdict = self._decide_ip(data, ip, end, ts, None, None).verdict
+                out[i] = verdict
+                if verdict == FRAGMENT:
+                    return i + 1
+        return n
 
     # --- internals ------------------------------------------------------------------------
     def _zone_of(self, addr: int) -> int:
@@ -496,7 +525,7 @@ class Engine:
         if proto == PROTO_TCP and (p.flags & (TH_SYN | TH_ACK)) != TH_SYN:
             return self._drop(EV_DROP, ts_us, p, src_zone, dst_zone, R_NO_FLOW)
 
-        rule, verdict = self._match(p.src, p.dst, p.sport, p.dport, proto, src_zone, dst_zone)
+        rule, verdict = self._match(p.src, p.dst, p.sport, p.dport, proto, p.family, src_zone, dst_zone)
         flow = Flow()
         flow.verdict = verdict
         flow.rule = rule
@@ -521,11 +550,12 @@ class Engine:
         return Decision(verdict, R_RULE, rule, src_zone, dst_zone, flow.flow_id)
 
     def _match(
-        self, src: int, dst: int, sport: int, dport: int, proto: int, src_zone: int, dst_zone: int
+        self, src: int, dst: int, sport: int, dport: int, proto: int, family: int, src_zone: int, dst_zone: int
     ) -> tuple[int, int]:
         """First matching rule -> (rule index, verdict); zone defaults give rule index -1."""
         ports = proto in (PROTO_TCP, PROTO_UDP)
-        icmp = proto in (PROTO_ICMP, PROTO_ICMPV6)
+        # ICMPv6 inside IPv4 (or ICMP inside IPv6) is not parsed as ICMP: it has no type to match
+        icmp = (proto == PROTO_ICMP and family == 4) or (proto == PROTO_ICMPV6 and family == 6)
         for index, r in enumerate(self._policy.rules):
             if r.from_zone != src_zone or r.to_zone != dst_zone:
                 continue
@@ -560,7 +590,7 @@ class Engine:
         proto = key[4]
         if proto in (PROTO_ICMP, PROTO_ICMPV6):
             isport, idport = flow.first_type, flow.first_code
-        flow.rule, flow.verdict = self._match(isrc, idst, isport, idport, proto, src_zone, dst_zone)
+        flow.rule, flow.verdict = self._match(isrc, idst, isport, idport, proto, p.family, src_zone, dst_zone)
         flow.src_zone, flow.dst_zone = src_zone, dst_zone
         flow.generation = self._generation
         self._counters["flows_redecided"] += 1
@@ -585,6 +615,8 @@ class Engine:
 def _tcp_track(flow: Flow, fl: int, from_initiator: bool) -> None:
     if fl & TH_RST:
         flow.state = TCP_CLOSED
+        return
+    if flow.state == TCP_CLOSED:  # closed stays closed (a late FIN must not reopen it)
         return
     if fl & TH_SYN and fl & TH_ACK and not from_initiator and flow.state == TCP_SYN_SENT:
         flow.state = TCP_ESTABLISHED

@@ -11,7 +11,6 @@ multi-GB captures where speed matters.
 
 from __future__ import annotations
 
-import bisect
 import logging
 import re
 import struct
@@ -429,48 +428,6 @@ def ip_offset(linktype: int, frame: bytes) -> int | None:
             family = int.from_bytes(frame[:4], "big")
         return 4 if family == 2 or family in _BSD_AF_INET6 else None
     return None
-
-
-# Possible IP fragments, for splitting engine calls (see gateway/replay.py). No false negatives
-# for frames whose IP header directly follows an ethertype (Ethernet with any VLAN tags, SLL):
-# IPv4 with MF set or a nonzero offset; IPv6 whose first next-header can lead to a fragment
-# header. False positives (payload bytes that look like this) only cost an extra engine call.
-# Each pattern starts with a literal so the regex engine can skip ahead fast (~1.5 ms/MiB); a
-# match consumes at most 10 bytes, too few to hide the next frame's ethertype (>= 28 bytes on).
-_IPV4_FRAG = rb"[\x45-\x4f].{5}(?:[^\x00\x40\x80\xc0]|[\x00\x40\x80\xc0][^\x00])"  # flags/offset bytes
-_IPV6_FRAG = rb"[\x60-\x6f].{5}[\x00\x2b\x2c\x33\x3c\x87]"  # next header 0, 43, 44, 51, 60, 135
-_FRAG_V4_ETHERTYPE = re.compile(rb"\x08\x00" + _IPV4_FRAG, re.S)
-_FRAG_V6_ETHERTYPE = re.compile(rb"\x86\xdd" + _IPV6_FRAG, re.S)
-_FRAG_AT = re.compile(rb"(?:" + _IPV4_FRAG + rb"|" + _IPV6_FRAG + rb")", re.S)
-_ETHERTYPE_LINKS = frozenset({LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL})
-
-
-def fragment_candidates(batch: Batch) -> list[int]:
-    """Indexes of the frames of `batch` that may be IP fragments (a superset, sorted)."""
-    n = len(batch)
-    if n == 0:
-        return []
-    buf = batch.buf
-    offsets = batch.offsets
-    if batch.linktype in _ETHERTYPE_LINKS:
-        first = offsets[0]
-        last_end = offsets[n - 1] + batch.lengths[n - 1]
-        found: set[int] = set()
-        for rx in (_FRAG_V4_ETHERTYPE, _FRAG_V6_ETHERTYPE):
-            for m in rx.finditer(buf, first, last_end):
-                found.add(bisect.bisect_right(offsets, m.start()) - 1)
-        found.discard(-1)
-        return sorted(found)
-    out: list[int] = []
-    # other link types: the IP header sits at a fixed offset, check each frame
-    lengths = batch.lengths
-    linktype = batch.linktype
-    for i in range(n):
-        off = offsets[i]
-        ip = ip_offset(linktype, buf[off : off + min(lengths[i], 24)])
-        if ip is not None and _FRAG_AT.match(buf, off + ip, off + lengths[i]):
-            out.append(i)
-    return out
 
 
 # --- writer -----------------------------------------------------------------------------------
