@@ -307,3 +307,31 @@ def test_decide_frames_gives_one_verdict_per_frame(engine_cls: Any) -> None:
     c = eng.counters()
     assert c["packets"] == 5 and c["drop_non_ip"] == 1 and c["drop_malformed"] == 1
     assert c["accepted"] + c["dropped"] + c["inspected"] + c["fragments"] == c["packets"]
+
+
+def test_closed_flow_stays_closed_after_late_fin(engine_cls: Any) -> None:
+    limits = Limits(tcp_closed_timeout_us=10 * S, tcp_closing_timeout_us=120 * S)
+    eng = engine_cls(lab_policy(), limits)
+    c, s = "198.18.10.10", "198.18.30.40"
+    decide(eng, tcp(c, s, 40000, 443, "S"))
+    decide(eng, tcp(s, c, 443, 40000, "SA"))
+    decide(eng, tcp(c, s, 40000, 443, "R"))
+    assert decide(eng, tcp(s, c, 443, 40000, "FA"), ts=2 * S) == (ACCEPT, "flow", 0)
+    # still on the short closed timeout: a late FIN did not reopen the flow into "closing"
+    assert decide(eng, tcp(s, c, 443, 40000, "A"), ts=13 * S) == (DROP, "no_flow", -1)
+
+
+def test_icmp_type_lists_match_only_real_icmp(engine_cls: Any) -> None:
+    base = lab_policy()
+    v6echo = RuleSpec("v6-type0", LGWAN, WAN, ACT_ALLOW, 58, icmp_types=(0,))
+    eng = engine_cls(CompiledPolicy(base.zones, base.prefixes, base.interfaces, (v6echo,)))
+    # protocol 58 inside IPv4 is not parsed as ICMPv6: it has no type, so "type 0" cannot match it
+    odd = raw(IP(src="198.18.20.10", dst="198.18.30.40", proto=58) / b"\x80\x00\x00\x00\x00\x01\x00\x01")
+    assert decide(eng, odd) == (DROP, "rule", -1)
+
+
+def test_limits_refuse_an_empty_flow_table() -> None:
+    import pytest
+
+    with pytest.raises(ValueError):
+        Limits(max_flows=0)
