@@ -1,5 +1,8 @@
 """`lgwan-gateway demo`: the built-in lab's traffic through the gateway, explained per case.
 
+This is the offline way to see the gateway (no root, no namespaces); scripts/demo.sh runs the live
+lab and uses `live_summary` below (`python -m gateway.demo live-summary EVENTS`) for its last table.
+
 1. synthesize a capture of every traffic case between the lab's zones (gateway/synth.py),
 2. replay it through the engine with the lab policy (gateway/replay.py), writing the forwarded
    packets and the event log,
@@ -244,3 +247,49 @@ def demo_command(args: argparse.Namespace) -> int:
         }
         Path(args.json).write_text(json.dumps(doc, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return 0 if rep.ok else 1
+
+
+# --- the live lab (scripts/demo.sh) ------------------------------------------------------------
+
+
+def live_summary(events: Path) -> str:
+    """Per zone pair: flows the live daemon accepted / dropped / inspected, and the deciding rules.
+
+    Reads the daemon's event log (one `flow` event per new flow), so it shows what the gateway
+    itself decided, next to the probe table that shows what the hosts saw.
+    """
+    pairs: dict[tuple[str, str], dict[str, int]] = {}
+    rules: dict[tuple[str, str], set[str]] = {}
+    other = 0
+    with events.open(encoding="utf-8") as fh:
+        for line in fh:
+            ev = json.loads(line)
+            if ev.get("event_type") != "flow":
+                other += 1
+                continue
+            key = (str(ev.get("src_zone")), str(ev.get("dest_zone")))
+            counts = pairs.setdefault(key, {"accept": 0, "drop": 0, "inspect": 0})
+            counts[str(ev["action"])] = counts.get(str(ev["action"]), 0) + 1
+            rules.setdefault(key, set()).add(str(ev.get("rule_id") or "-"))
+    order = {z: i for i, z in enumerate(synth.ZONES)}
+    lines = [f"{'from zone -> to zone':<26} {'accepted':>8} {'dropped':>8} {'inspect':>8}  deciding rules"]
+    for (sz, dz), c in sorted(pairs.items(), key=lambda kv: (order.get(kv[0][0], 99), order.get(kv[0][1], 99))):
+        names = ", ".join(sorted(rules[(sz, dz)]))
+        lines.append(f"{sz + ' -> ' + dz:<26} {c['accept']:>8} {c['drop']:>8} {c['inspect']:>8}  {names}")
+    total = sum(sum(c.values()) for c in pairs.values())
+    lines.append(f"{total} flow events, {other} drop/anomaly events in {events}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gateway.demo")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("live-summary", help="flows per zone pair from a live daemon's event log")
+    p.add_argument("events", type=Path)
+    args = parser.parse_args(argv)
+    print(live_summary(args.events))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
