@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--remove", action="store_true", help="remove the chains: forwarded traffic is then UNFILTERED")
     p.set_defaults(func=_rules)
 
+    # `quarantine` sub-actions are defined beside their code (stdlib-only import; the store loads lazily)
+    from gateway.io.quarantine_cli import add_parser as add_quarantine_parser
+
+    add_quarantine_parser(sub).set_defaults(func=_quarantine)
+
     p = sub.add_parser("stats", help="print the running daemon's Prometheus metrics as a table")
     p.add_argument("--port", type=int, default=9687, help="metrics port (default 9687)")
     p.add_argument("--address", default="127.0.0.1", help="metrics address (default 127.0.0.1)")
@@ -101,6 +106,12 @@ def _rules(args: argparse.Namespace) -> int:
     from gateway.daemon import rules_command
 
     return rules_command(args)
+
+
+def _quarantine(args: argparse.Namespace) -> int:
+    from gateway.io.quarantine_cli import quarantine_command
+
+    return quarantine_command(args)
 
 
 def _stats(args: argparse.Namespace) -> int:
