@@ -27,6 +27,7 @@ from gateway.fastpath.common import (
     format_event,
 )
 from gateway.io.eventlog import dumps_event, load_schema
+from gateway.mailevents import MAIL_EVENT_TYPES
 
 jsonschema = pytest.importorskip("jsonschema")
 
@@ -151,7 +152,7 @@ def test_schema_rejects_drift(validator: Any, mutate: Any) -> None:
 def test_schema_follows_constants() -> None:
     props = load_schema()["properties"]
     assert props["reason"]["enum"] == list(REASONS)
-    assert props["event_type"]["enum"] == list(EVENT_TYPES)
+    assert props["event_type"]["enum"] == list(EVENT_TYPES) + list(MAIL_EVENT_TYPES)
     assert [t for t in props["src_tier"]["enum"] if t] == list(TIER_NAMES)
 
 
@@ -181,3 +182,134 @@ def test_docs_example_is_valid(validator: Any) -> None:
     assert examples
     for ex in examples:
         assert not list(validator.iter_errors(json.loads(ex)))
+
+
+# -- mail events (smtp, file): built only by gateway.mailevents -------------------------------
+
+
+def _mail_flow() -> Any:
+    from gateway.mailevents import FlowInfo
+
+    return FlowInfo(
+        7,
+        "198.19.40.25",
+        40005,
+        "198.18.20.25",
+        25,
+        "インターネット",
+        "lgwan",
+        "internet",
+        "lgwan",
+        "mail-in",
+        "mail",
+        3,
+    )
+
+
+def _smtp(**kw: Any) -> dict[str, Any]:
+    from gateway.mailevents import smtp_event
+
+    args: dict[str, Any] = dict(
+        helo="relay.example.jp",
+        mail_from="a@example.co.jp",
+        rcpt_to=["b@city.example.lg.jp"],
+        message_id="<1@example.co.jp>",
+        subject="請求書",
+        size=1234,
+        verdict="sanitized",
+        reason="executable",
+        quarantine_ids=["20261126T165659Z-3f2a9c0d41b7"],
+    )
+    args.update(kw)
+    return smtp_event(1_700_000_000_000_000, _mail_flow(), 0, **args)
+
+
+def _file(**kw: Any) -> dict[str, Any]:
+    from gateway.mailevents import file_event
+
+    args: dict[str, Any] = dict(
+        path="1.2",
+        filename_raw="=?ISO-2022-JP?B?GyRCQEE1YT1xGyhC?=.exe",
+        filename="請求書.exe",
+        declared_type="application/pdf",
+        detected_type="application/x-dosexec",
+        size=10,
+        sha256="ab" * 32,
+        verdict="neutralized",
+        category="executable",
+        reason="executable",
+        quarantine_id="20261126T165659Z-3f2a9c0d41b7",
+    )
+    args.update(kw)
+    return file_event(1_700_000_000_000_000, _mail_flow(), 0, **args)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: _smtp(),
+        lambda: _smtp(verdict="delivered", reason=None, quarantine_ids=[]),
+        lambda: _smtp(verdict="refused", reason="quarantine_full", quarantine_ids=[], helo=None, subject=None),
+        lambda: _smtp(mail_from="", rcpt_to=[]),
+        lambda: _file(),
+        lambda: _file(verdict="pass", reason=None, category=None, quarantine_id=None),
+        lambda: _file(path="", filename=None, filename_raw=None, declared_type=None),
+        lambda: _file(verdict="refused", reason="archive_limit", quarantine_id=None, magic="Zip archive data"),
+    ],
+)
+def test_mail_events_are_valid(validator: Any, build: Any) -> None:
+    ev = build()
+    errors = list(validator.iter_errors(ev))
+    assert not errors, (ev, errors[0].message)
+    assert "\\u" not in dumps_event(ev)
+
+
+@pytest.mark.parametrize(
+    "make, mutate",
+    [
+        (_smtp, lambda d: d.update(event_type="file")),
+        (_smtp, lambda d: d.pop("tx_id")),
+        (_smtp, lambda d: d.pop("flow_id")),
+        (_smtp, lambda d: d.update(action="accept")),  # verdicts live in email.verdict
+        (_smtp, lambda d: d.update(proto="UDP")),
+        (_smtp, lambda d: d["smtp"].pop("rcpt_to")),
+        (_smtp, lambda d: d["smtp"].update(rcpt_to="b@x")),
+        (_smtp, lambda d: d["email"].update(verdict="passed")),
+        (_smtp, lambda d: d["email"].pop("reason")),  # sanitized needs a reason
+        (_smtp, lambda d: d["email"].update(quarantine_ids=["../etc/passwd"])),
+        (_smtp, lambda d: d["email"].update(extra=1)),
+        (_smtp, lambda d: d.update(fileinfo={})),
+        (_file, lambda d: d.update(event_type="smtp")),
+        (_file, lambda d: d["fileinfo"].update(sha256="AB" * 32)),
+        (_file, lambda d: d["fileinfo"].update(size=-1)),
+        (_file, lambda d: d["fileinfo"].update(path="1..2")),
+        (_file, lambda d: d["fileinfo"].pop("quarantine_id")),  # stored without an id
+        (_file, lambda d: d["fileinfo"].update(stored=False)),  # an id without stored
+        (_file, lambda d: d["fileinfo"].update(verdict="pass")),  # a passed part is never stored
+        (_file, lambda d: d["fileinfo"].pop("reason")),
+        (_file, lambda d: d["fileinfo"].update(name="x")),
+        (_file, lambda d: d.update(reason="rule")),
+    ],
+)
+def test_mail_schema_rejects_drift(validator: Any, make: Any, mutate: Any) -> None:
+    d = make()
+    assert not list(validator.iter_errors(d))
+    mutate(d)
+    assert list(validator.iter_errors(d))
+
+
+def test_mail_builders_refuse_bad_verdicts() -> None:
+    with pytest.raises(ValueError):
+        _smtp(verdict="ok")
+    with pytest.raises(ValueError):
+        _file(verdict="blocked")
+    with pytest.raises(ValueError):
+        _file(verdict="pass", reason=None)  # a quarantine id on a passed part
+
+
+def test_docs_describe_mail_fields() -> None:
+    doc = (ROOT / "docs" / "events.md").read_text(encoding="utf-8")
+    props = load_schema()["properties"]
+    for obj in ("smtp", "email", "fileinfo"):
+        for name in props[obj]["properties"]:
+            assert f"`{obj}.{name}`" in doc, (obj, name)
