@@ -183,9 +183,9 @@ def test_audit_chain_detects_edit_insert_delete_reorder(tmp_path: Path) -> None:
     edited[3] = json.dumps(rehashed, ensure_ascii=False, separators=(",", ":")) + "\n"
     check(edited, 5)
     check(original[:2] + original[3:], 3)  # deleted line 3
-    check(original[:2] + [original[4], original[3]] + original[5:], 3)  # swapped
-    check(original[:2] + ["not json\n"] + original[2:], 3)
-    check(original[:5] + [original[5].rstrip("\n")], 6)  # torn last line
+    check([*original[:2], original[4], original[3], *original[5:]], 3)  # swapped
+    check([*original[:2], "not json\n", *original[2:]], 3)
+    check([*original[:5], original[5].rstrip("\n")], 6)  # torn last line
     path.write_text("".join(original), encoding="utf-8")
     assert log.verify().ok
 
