@@ -477,7 +477,7 @@ class QuarantineStore:
             self.audit.append("quarantine.purge", id=e.id, sha256=e.sha256, size=e.size, reason="expired")
             self._account(-1, -e.size)
             removed.append(e.id)
-        self.recover(temp_grace=TEMP_GRACE_S, now=now)
+        self.recover(temp_grace=TEMP_GRACE_S)  # real time: a simulated `now` must not eat live temp files
         self._remove_empty_dirs()
         if audit_retention_days is not None:
             self.audit.purge(now, audit_retention_days)
