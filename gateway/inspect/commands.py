@@ -1,0 +1,54 @@
+"""What the mail inspector asks its adapter to do (mitmproxy style: events in, commands out).
+
+Every packet handed to `MailInspector.packet` ends in exactly one `Forward` or `Drop`, now or
+later (a held packet's command comes with the call that releases it). `Inject` and `Quarantine`
+are extra work; `Log` carries an event-log dict (gateway.mailevents builders).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Send the packet; `packet` is the rewritten IP packet (checksums fixed), None = unchanged."""
+
+    packet_id: int
+    packet: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    packet_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Inject:
+    """Send this crafted IP packet (the 554 reply + FIN to the client, an RST to the server)."""
+
+    packet: bytes
+    toward: Literal["client", "server"]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantine:
+    """Store `original` (QuarantineStore.put) and report back with `MailInspector.quarantined`
+    (key, id or error) before executing the commands that follow: the message's end of DATA
+    is released only after its originals are stored, so a crash never delivers a neutralized
+    message whose original is lost."""
+
+    key: int
+    original: bytes
+    meta: Any  # gateway.io.quarantine.QuarantineMeta
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    event: dict[str, Any]
+
+
+Command = Forward | Drop | Inject | Quarantine | Log

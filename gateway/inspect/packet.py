@@ -1,0 +1,172 @@
+"""IPv4/IPv6 + TCP parsing and building for the inspector (no I/O).
+
+The inspector sees whole IP packets (live: the NFQUEUE payload; replay: the frame past its link
+header). It needs the TCP fields, a way to put a same-length payload back with correct
+checksums, and crafted segments for the refusal (554 reply, RST) it injects.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass
+
+IPPROTO_TCP = 6
+_V6_EXT = frozenset({0, 43, 60})  # hop-by-hop, routing, destination options: skipped to reach TCP
+
+
+class PacketError(ValueError):
+    """Not an IPv4/IPv6 TCP packet we can inspect (fragment, truncated, other protocol)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TcpPacket:
+    family: int  # 4 or 6
+    src: bytes  # packed address
+    dst: bytes
+    sport: int
+    dport: int
+    seq: int
+    ack: int
+    flags: int
+    window: int
+    tcp_offset: int  # of the TCP header in the IP packet
+    payload_offset: int
+    payload: bytes
+
+    @property
+    def src_text(self) -> str:
+        return str(ipaddress.ip_address(self.src))
+
+    @property
+    def dst_text(self) -> str:
+        return str(ipaddress.ip_address(self.dst))
+
+
+def parse_tcp(pkt: bytes) -> TcpPacket:
+    if not pkt:
+        raise PacketError("empty packet")
+    version = pkt[0] >> 4
+    if version == 4:
+        if len(pkt) < 20:
+            raise PacketError("truncated IPv4 header")
+        ihl = (pkt[0] & 0x0F) * 4
+        total = struct.unpack_from("!H", pkt, 2)[0]
+        frag = struct.unpack_from("!H", pkt, 6)[0]
+        if frag & 0x3FFF:  # MF or an offset: the TCP header may not be here whole
+            raise PacketError("IPv4 fragment")
+        if pkt[9] != IPPROTO_TCP:
+            raise PacketError("not TCP")
+        if ihl < 20 or total < ihl or total > len(pkt):
+            raise PacketError("bad IPv4 lengths")
+        src, dst = pkt[12:16], pkt[16:20]
+        off, end = ihl, total
+    elif version == 6:
+        if len(pkt) < 40:
+            raise PacketError("truncated IPv6 header")
+        plen = struct.unpack_from("!H", pkt, 4)[0]
+        end = 40 + plen
+        if end > len(pkt):
+            raise PacketError("bad IPv6 length")
+        nxt = pkt[6]
+        off = 40
+        while nxt in _V6_EXT:
+            if off + 8 > end:
+                raise PacketError("truncated IPv6 extension header")
+            nxt, off = pkt[off], off + (pkt[off + 1] + 1) * 8
+        if nxt != IPPROTO_TCP:
+            raise PacketError("not TCP (or an IPv6 fragment)")
+        src, dst = pkt[8:24], pkt[24:40]
+    else:
+        raise PacketError(f"IP version {version}")
+    if off + 20 > end:
+        raise PacketError("truncated TCP header")
+    sport, dport, seq, ack, doff, flags, window = struct.unpack_from("!HHIIBBH", pkt, off)
+    hlen = (doff >> 4) * 4
+    if hlen < 20 or off + hlen > end:
+        raise PacketError("bad TCP header length")
+    return TcpPacket(
+        family=version,
+        src=bytes(src),
+        dst=bytes(dst),
+        sport=sport,
+        dport=dport,
+        seq=seq,
+        ack=ack,
+        flags=flags,
+        window=window,
+        tcp_offset=off,
+        payload_offset=off + hlen,
+        payload=bytes(pkt[off + hlen : end]),
+    )
+
+
+def _sum16(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\x00"
+    s = sum(memoryview(data).cast("H"))  # native order; folded and swapped below
+    return s
+
+
+def _fold(s: int) -> int:
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+def _checksum(data: bytes) -> int:
+    """Internet checksum of `data`, as a big-endian 16-bit value."""
+    s = _fold(_sum16(data))
+    s = ~s & 0xFFFF
+    # memoryview.cast("H") summed in native (little-endian on x86) order: swap back.
+    return ((s & 0xFF) << 8) | (s >> 8) if struct.pack("=H", 1) == b"\x01\x00" else s
+
+
+def _pseudo(family: int, src: bytes, dst: bytes, length: int) -> bytes:
+    if family == 4:
+        return src + dst + struct.pack("!BBH", 0, IPPROTO_TCP, length)
+    return src + dst + struct.pack("!IxxxB", length, IPPROTO_TCP)
+
+
+def tcp_checksum(family: int, src: bytes, dst: bytes, segment: bytes) -> int:
+    return _checksum(_pseudo(family, src, dst, len(segment)) + segment)
+
+
+def with_payload(pkt: bytes, tcp: TcpPacket, payload: bytes) -> bytes:
+    """The packet with a same-length TCP payload and a recomputed TCP checksum."""
+    if len(payload) != len(tcp.payload):
+        raise ValueError("the payload must keep its length")
+    end = tcp.payload_offset + len(payload)
+    buf = bytearray(pkt)
+    buf[tcp.payload_offset : end] = payload
+    buf[tcp.tcp_offset + 16 : tcp.tcp_offset + 18] = b"\x00\x00"
+    csum = tcp_checksum(tcp.family, tcp.src, tcp.dst, bytes(buf[tcp.tcp_offset : end]))
+    struct.pack_into("!H", buf, tcp.tcp_offset + 16, csum)
+    return bytes(buf)
+
+
+def build_tcp(
+    family: int,
+    src: bytes,
+    dst: bytes,
+    sport: int,
+    dport: int,
+    seq: int,
+    ack: int,
+    flags: int,
+    payload: bytes = b"",
+    window: int = 65535,
+    ttl: int = 64,
+) -> bytes:
+    """A minimal IPv4/IPv6 TCP segment (no options) with correct checksums."""
+    tcp = bytearray(
+        struct.pack("!HHIIBBHHH", sport, dport, seq % (1 << 32), ack % (1 << 32), 5 << 4, flags, window, 0, 0)
+    )
+    tcp += payload
+    struct.pack_into("!H", tcp, 16, tcp_checksum(family, src, dst, bytes(tcp)))
+    if family == 4:
+        ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0x4000, ttl, IPPROTO_TCP, 0, src, dst))
+        struct.pack_into("!H", ip, 10, _checksum(bytes(ip)))
+        return bytes(ip + tcp)
+    ip6 = struct.pack("!IHBB16s16s", 6 << 28, len(tcp), IPPROTO_TCP, ttl, src, dst)
+    return ip6 + bytes(tcp)
