@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", help="write the JSON-lines event log here ('-' for stdout)")
     p.add_argument("--json-summary", help="also write the summary as JSON to this file")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    p.add_argument(
+        "--quarantine", help="store the originals of removed parts here (default: OUT.quarantine, or a temp dir)"
+    )
     p.set_defaults(func=_replay)
 
     p = sub.add_parser("demo", help="synthesize lab traffic, replay it with the lab policy, explain every case")

@@ -5,8 +5,9 @@ decide each batch (`decide_frames`), reassembles fragments like conntrack would 
 (gateway/stream/defrag.py), writes the frames the gateway would forward and the event log.
 
 Every frame of the capture gets exactly one final verdict: accepted (forwarded), dropped (by
-reason) or inspected. Until the mail inspector exists, inspect-flow frames are not forwarded
-(fail closed) and counted as `inspect_unavailable`; `Inspector` is the hook it will plug into.
+reason) or inspected. Inspect-flow frames go to the mail inspector (`Inspector`, implemented by
+gateway.inspect.replay); without it (no sanitizer installed) they are not forwarded (fail
+closed) and counted as `inspect_unavailable`.
 """
 
 from __future__ import annotations
@@ -390,6 +391,37 @@ def replay(
     return summary
 
 
+def _mail_inspector(args: argparse.Namespace, policy: CompiledPolicy) -> tuple[Inspector | None, str]:
+    """The mail inspector for the policy's inspect rules, with its quarantine directory:
+    --quarantine DIR, else OUT.quarantine next to --out, else a temporary directory (removed at
+    exit: without --out nothing is delivered anywhere, so there is nothing to release)."""
+    from gateway.fastpath.common import ACT_INSPECT
+
+    if not any(r.action == ACT_INSPECT for r in policy.rules):
+        return None, ""
+    try:
+        import importlib
+
+        from gateway.inspect.replay import ReplayMailInspector
+        from gateway.io.quarantine import QuarantineStore
+
+        importlib.import_module("gateway.sanitize.classify")  # fail here, not on the first SYN
+
+        qdir = getattr(args, "quarantine", None)
+        if qdir is None and args.out is not None:
+            qdir = f"{args.out}.quarantine"
+        if qdir is None:
+            import atexit
+            import shutil
+            import tempfile
+
+            qdir = tempfile.mkdtemp(prefix="lgwan-replay-quarantine-")
+            atexit.register(shutil.rmtree, qdir, True)
+        return ReplayMailInspector(policy, QuarantineStore(Path(qdir))), f"quarantine: {qdir}"
+    except ImportError as exc:  # the sanitizers are not installed: inspected frames stay unforwarded
+        return None, f"mail inspection unavailable ({exc}): inspected frames are not forwarded"
+
+
 def replay_command(args: argparse.Namespace) -> int:
     """CLI entry: 0 success, 1 unreadable capture (or unwritable output), 2 config error."""
     from gateway.policy import ConfigError, load_policy
@@ -402,7 +434,10 @@ def replay_command(args: argparse.Namespace) -> int:
         return 2
     quiet = bool(getattr(args, "quiet", False))
     try:
-        summary = replay(args.pcap, loaded, args.out, args.events, progress=not quiet)
+        inspector, note = _mail_inspector(args, loaded.compiled)
+        if note and not quiet:
+            print(f"lgwan-gateway: {note}", file=sys.stderr)
+        summary = replay(args.pcap, loaded, args.out, args.events, progress=not quiet, inspector=inspector)
     except PcapError as exc:
         print(f"lgwan-gateway: {args.pcap}: {exc}", file=sys.stderr)
         return 1
