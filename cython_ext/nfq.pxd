@@ -125,6 +125,7 @@ cdef extern from "<libnetfilter_queue/libnetfilter_queue.h>" nogil:
     void nfq_nlmsg_cfg_put_qmaxlen(nlmsghdr* nlh, uint32_t qmaxlen)
     void nfq_nlmsg_verdict_put(nlmsghdr* nlh, int id, int verdict)
     void nfq_nlmsg_verdict_put_mark(nlmsghdr* nlh, uint32_t mark)
+    void nfq_nlmsg_verdict_put_pkt(nlmsghdr* nlh, const void* pkt, uint32_t pktlen)
     int nfq_nlmsg_parse(const nlmsghdr* nlh, nlattr** attr)
 
 

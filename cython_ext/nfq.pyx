@@ -16,6 +16,13 @@ fail-open) and it sends one verdict per syscall. Here:
 Per packet: `decide(payload: bytes, ts_us, in_if, out_if) -> Decision` (the engine's method).
 ACCEPT of a flow (reason rule/flow) sets the offload mark in the gateway's mark bits; INSPECT goes
 to the `inspect` hook, or is dropped and counted as `inspect_unavailable` while none exists.
+
+Deferred verdicts (the mail inspector holds segments until it has parsed them): an INSPECT packet
+is handed to `inspect(packet_id, payload, decision)` WITHOUT a verdict; the hook (now or in a
+later call) gives exactly one with `verdict(packet_id, accept, payload=None)`, where `payload` is
+a rewritten packet (same length; NFQA_PAYLOAD, the kernel fixes nothing: checksums must be right).
+Deferred verdicts keep their order relative to the batch's (the batch buffer is flushed first).
+If the hook raises before giving the verdict, the packet is dropped.
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
@@ -76,10 +83,14 @@ cdef class Queue:
     cdef public bint offload
     cdef public object inspect
     cdef public object last_error
+    cdef dict _deferred  # packet id -> mark, for INSPECT packets awaiting the hook's verdict
+    cdef char* pbuf  # one verdict message with a payload
+    cdef bint in_process
     # counters
     cdef uint64_t c_packets, c_batches, c_truncated, c_inspect_unavailable, c_fragment_dropped
     cdef uint64_t c_offload_marked, c_gso, c_enobufs, c_netlink_errors, c_parse_errors
     cdef uint64_t c_decide_errors, c_verdict_errors, c_startup_dropped, c_accepted, c_dropped, c_max_len
+    cdef uint64_t c_inspect_rewritten, c_verdict_unknown
     cdef uint64_t c_by_vr[N_VERDICTS][N_REASONS]
     cdef uint64_t lat_buckets[N_BUCKETS]
     cdef int64_t lat_bounds[N_BUCKETS]
@@ -102,6 +113,8 @@ cdef class Queue:
         self.offload = False
         self.inspect = None
         self.last_error = None
+        self._deferred = {}
+        self.in_process = False
         for i in range(N_BUCKETS - 1):
             self.lat_bounds[i] = LATENCY_BOUNDS_NS[i]
         self.lat_bounds[N_BUCKETS - 1] = 1 << 62
@@ -109,7 +122,8 @@ cdef class Queue:
         self.msgs = <mmsghdr*>calloc(max_batch, sizeof(mmsghdr))
         self.iovs = <iovec*>calloc(max_batch, sizeof(iovec))
         self.vbuf = <char*>calloc(max_batch, VERDICT_MSG)
-        if not self.slots or not self.msgs or not self.iovs or not self.vbuf:
+        self.pbuf = <char*>calloc(1, SLOT)
+        if not self.slots or not self.msgs or not self.iovs or not self.vbuf or not self.pbuf:
             raise MemoryError()
         for i in range(max_batch):
             self.iovs[i].iov_base = self.slots + <size_t>i * SLOT
@@ -227,6 +241,7 @@ cdef class Queue:
         free(self.msgs)
         free(self.iovs)
         free(self.vbuf)
+        free(self.pbuf)
 
     cdef object _ifname(self, uint32_t index):
         if index == 0:
@@ -271,6 +286,7 @@ cdef class Queue:
         self.c_batches += 1
         ts_us = now_ns(CLOCK_REALTIME) // 1000
         self.vlen = 0
+        self.in_process = True
         try:
             for i in range(n):
                 m = <nlmsghdr*>(self.slots + <size_t>i * SLOT)
@@ -289,8 +305,52 @@ cdef class Queue:
                         handled += 1
                     m = NLMSG_NEXT(m, rem)
         finally:
+            self.in_process = False
             self._flush()
         return handled
+
+    def verdict(self, uint32_t packet_id, bint accept, payload=None):
+        """The verdict of a deferred INSPECT packet (exactly once), optionally with a rewritten
+        payload (the whole IP packet). Returns False for an id that is not awaiting one."""
+        cdef uint32_t mark, newmark
+        cdef bytes p
+        cdef nlmsghdr* nlh
+        if self.fd < 0:
+            raise ValueError("queue is closed")
+        m = self._deferred.pop(packet_id, None)
+        if m is None:
+            self.c_verdict_unknown += 1
+            return False
+        mark = m
+        newmark = mark & ~self.mark_mask
+        if payload is None or not accept:
+            if self.vlen + VERDICT_MSG > <size_t>self.max_batch * VERDICT_MSG:
+                self._flush()
+            if accept:
+                self._verdict(packet_id, NF_ACCEPT, newmark, newmark != mark)
+            else:
+                self._verdict(packet_id, NF_DROP, 0, False)
+            if not self.in_process:
+                self._flush()
+            return True
+        p = payload
+        if len(p) > SLOT - 4096:
+            raise ValueError("payload too large")
+        self._flush()  # keep the order of verdicts
+        nlh = nfq_nlmsg_put(self.pbuf, NFQNL_MSG_VERDICT, self.queue_num)
+        nfq_nlmsg_verdict_put(nlh, packet_id, NF_ACCEPT)
+        if newmark != mark:
+            nfq_nlmsg_verdict_put_mark(nlh, newmark)
+        nfq_nlmsg_verdict_put_pkt(nlh, <const char*>p, <uint32_t>len(p))
+        if send(self.fd, self.pbuf, nlh.nlmsg_len, 0) < 0:
+            self.c_verdict_errors += 1
+        self.c_accepted += 1
+        self.c_inspect_rewritten += 1
+        return True
+
+    def deferred(self):
+        """Packet ids of INSPECT packets still awaiting their verdict."""
+        return list(self._deferred)
 
     cdef void _flush(self) noexcept:
         if self.vlen:
@@ -362,16 +422,14 @@ cdef class Queue:
                 self.c_inspect_unavailable += 1
                 self._verdict(packet_id, NF_DROP, 0, False)
             else:
+                self._deferred[packet_id] = mark
                 try:
-                    ok = self.inspect(pkt, d)
+                    self.inspect(packet_id, pkt, d)
                 except Exception as exc:
                     self.last_error = exc
-                    ok = False
                     self.c_decide_errors += 1
-                if ok:
-                    self._verdict(packet_id, NF_ACCEPT, mark & ~self.mark_mask, (mark & self.mark_mask) != 0)
-                else:
-                    self._verdict(packet_id, NF_DROP, 0, False)
+                    if self._deferred.pop(packet_id, None) is not None:
+                        self._verdict(packet_id, NF_DROP, 0, False)
         elif verdict == V_FRAGMENT:  # conntrack reassembles before the queue: should not happen
             self.c_fragment_dropped += 1
             self._verdict(packet_id, NF_DROP, 0, False)
@@ -397,6 +455,9 @@ cdef class Queue:
             "verdict_errors": self.c_verdict_errors,
             "startup_dropped": self.c_startup_dropped,
             "max_packet": self.c_max_len,
+            "inspect_held": len(self._deferred),
+            "inspect_rewritten": self.c_inspect_rewritten,
+            "verdict_unknown": self.c_verdict_unknown,
         }
 
     def by_verdict_reason(self):

@@ -174,6 +174,18 @@ class EventWriter:
             return
         self.count += len(events)
 
+    def write_dicts(self, events: list[dict[str, object]]) -> None:
+        """Events already formatted (the mail inspector's smtp/file events)."""
+        if self._fd < 0 or not events:
+            return
+        data = "".join(json.dumps(ev, ensure_ascii=False, separators=(",", ":")) + "\n" for ev in events).encode()
+        try:
+            os.write(self._fd, data)
+        except OSError as exc:
+            log.error("event log %s: %s", self.path, exc)
+            return
+        self.count += len(events)
+
     def close(self) -> None:
         if self._fd > 2:
             os.close(self._fd)
@@ -191,6 +203,27 @@ def _die_with_parent(parent: int) -> None:
         pass
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
+
+
+def _mail_inspector(q: Any, policy: CompiledPolicy, events: EventWriter) -> Any:
+    """The live mail inspector for the policy's inspect rules (gateway.inspect.live), or None:
+    no inspect rule, or the sanitizers cannot load (then inspected packets are dropped and
+    counted as inspect_unavailable: fail closed)."""
+    from gateway.fastpath.common import ACT_INSPECT
+
+    if not any(r.action == ACT_INSPECT for r in policy.rules):
+        return None
+    try:
+        import importlib
+
+        from gateway.inspect.live import LiveMailInspector
+        from gateway.io.quarantine import QuarantineStore, default_dir
+
+        importlib.import_module("gateway.sanitize.classify")
+        return LiveMailInspector(q, policy, QuarantineStore(default_dir()), lambda ev: events.write_dicts([ev]))
+    except Exception as exc:
+        log.error("mail inspection unavailable, inspected flows are dropped: %s", exc)
+        return None
 
 
 def worker_main(
@@ -225,6 +258,8 @@ def worker_main(
         return 1
     q.offload_mark = ipt.offload_mark(mark_gen) if settings.offload else 0
     events = EventWriter(settings.events)
+    mail = _mail_inspector(q, policy, events)
+    q.inspect = mail.hook if mail is not None else None
     conn.send(("ready", index, os.getpid()))
 
     poller = select.poll()
@@ -247,7 +282,7 @@ def worker_main(
                     queue=queue_num,
                     pid=os.getpid(),
                     engine=engine.counters(),
-                    nfq=q.stats(),
+                    nfq={**q.stats(), **(mail.counters if mail is not None else {})},
                     by_verdict_reason=q.by_verdict_reason(),
                     latency_bounds=bounds,
                     latency_counts=counts,
@@ -274,6 +309,11 @@ def worker_main(
                 if msg[0] == "policy":
                     _, policy, mark_gen = msg
                     engine.set_policy(policy)
+                    if mail is not None:
+                        mail.set_policy(policy)
+                    else:
+                        mail = _mail_inspector(q, policy, events)
+                        q.inspect = mail.hook if mail is not None else None
                     q.offload_mark = ipt.offload_mark(mark_gen) if settings.offload else 0
                     events.reopen()
                     conn.send(("reloaded", index, policy.generation))
@@ -281,6 +321,8 @@ def worker_main(
                     stop = True
             now = time.monotonic()
             if now >= next_report:
+                if mail is not None:
+                    mail.tick()  # expire closed and idle inspected connections
                 report()
                 next_report = now + REPORT_INTERVAL
             if now >= next_ifnames:  # interfaces may be renamed or recreated with a new index
@@ -290,6 +332,9 @@ def worker_main(
     except (BrokenPipeError, EOFError):
         return 1  # the supervisor is gone
     finally:
+        if mail is not None:
+            with contextlib.suppress(Exception):
+                mail.close()
         q.close()
         events.close()
     return 0

@@ -835,6 +835,10 @@ class MailInspector:
             c = self._classifiers[k] = self.classifier_factory(profile)
         return c
 
+    def reset_classifiers(self) -> None:
+        """After a reload: classifiers are rebuilt from the new profiles on first use."""
+        self._classifiers.clear()
+
     def new_key(self, conn: _Conn, m: _Message, p: _Part | None) -> int:
         k = self._next_key
         self._next_key += 1

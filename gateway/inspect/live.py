@@ -1,0 +1,151 @@
+"""Live adapter: the daemon worker's NFQUEUE `inspect` hook driving a MailInspector.
+
+INSPECT packets reach `hook(packet_id, payload, decision)` without a verdict (gateway._nfq
+defers it); the inspector's Forward/Drop commands become `queue.verdict(id, accept, payload)`,
+now or when a later packet releases a held one. Injected packets (the 554 reply with FIN to the
+client, the RST to the server) leave through raw sockets in the gateway's namespace: they take
+the OUTPUT path, which the gateway's FORWARD rules do not queue. Quarantine commands are run
+at once with the store (durable before the end of DATA is released).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from gateway.fastpath.common import TIER_NAMES, CompiledPolicy
+from gateway.inspect.commands import Command, Drop, Forward, Inject, Log, Quarantine
+from gateway.inspect.mail import ClassifierFactory, FlowContext, InspectConfig, MailInspector, default_classifier
+from gateway.inspect.packet import PacketError, parse_tcp
+from gateway.inspect.replay import Store, mail_profiles
+from gateway.stream.reassembly import OutOfOrderPolicy, ReassemblyLimits
+
+log = logging.getLogger("lgwan-gateway")
+
+
+class VerdictQueue(Protocol):
+    def verdict(self, packet_id: int, accept: bool, payload: bytes | None = None) -> bool: ...
+
+
+class RawSender:
+    """Raw IP sockets (header included) for crafted packets; opened on first use."""
+
+    def __init__(self) -> None:
+        self._socks: dict[int, socket.socket] = {}
+
+    def send(self, packet: bytes) -> None:
+        t = parse_tcp(packet)
+        fam = socket.AF_INET if t.family == 4 else socket.AF_INET6
+        s = self._socks.get(t.family)
+        if s is None:
+            # IPPROTO_RAW implies IP_HDRINCL (and IPV6_HDRINCL on Linux): we give the whole packet
+            s = self._socks[t.family] = socket.socket(fam, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        s.sendto(packet, (t.dst_text, 0))
+
+    def close(self) -> None:
+        for s in self._socks.values():
+            s.close()
+        self._socks.clear()
+
+
+def live_config() -> InspectConfig:
+    """Live, a sender retransmits: out-of-order segments are dropped instead of held, which
+    keeps the kernel's queue (shared by all flows) free for in-order data."""
+    return InspectConfig(reassembly=ReassemblyLimits(out_of_order=OutOfOrderPolicy.DROP))
+
+
+class LiveMailInspector:
+    def __init__(
+        self,
+        queue: VerdictQueue,
+        policy: CompiledPolicy,
+        store: Store,
+        events: Callable[[dict[str, Any]], None],
+        profiles: Mapping[str, Any] | None = None,
+        classifier_factory: ClassifierFactory = default_classifier,
+        config: InspectConfig | None = None,
+        sender: Callable[[bytes], None] | None = None,
+    ) -> None:
+        self.queue = queue
+        self.policy = policy
+        self.store = store
+        self.events = events
+        self.insp = MailInspector(
+            profiles if profiles is not None else mail_profiles(policy), classifier_factory, config or live_config()
+        )
+        self._raw = RawSender() if sender is None else None
+        self.send = sender if sender is not None else self._raw_send
+        self.counters: dict[str, int] = {}
+
+    def _raw_send(self, packet: bytes) -> None:
+        assert self._raw is not None
+        self._raw.send(packet)
+
+    def set_policy(self, policy: CompiledPolicy, profiles: Mapping[str, Any] | None = None) -> None:
+        """Reload: new connections use the new rules and profiles; open ones keep theirs."""
+        self.policy = policy
+        self.insp.profiles = dict(profiles if profiles is not None else mail_profiles(policy))
+        self.insp.default_profile = next(iter(self.insp.profiles)) if len(self.insp.profiles) == 1 else None
+        self.insp.reset_classifiers()
+
+    def _count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def _context(self, d: Any) -> FlowContext:
+        rule, sz, dz = int(d[2]), int(d[3]), int(d[4])
+        rules, zones = self.policy.rules, self.policy.zones
+        r = rules[rule] if 0 <= rule < len(rules) else None
+        return FlowContext(
+            profile=(r.profile or None) if r is not None else None,
+            rule_id=r.rule_id if r is not None else None,
+            src_zone=zones[sz].name if 0 <= sz < len(zones) else None,
+            dest_zone=zones[dz].name if 0 <= dz < len(zones) else None,
+            src_tier=TIER_NAMES[zones[sz].tier] if 0 <= sz < len(zones) else None,
+            dest_tier=TIER_NAMES[zones[dz].tier] if 0 <= dz < len(zones) else None,
+            policy_generation=self.policy.generation,
+        )
+
+    def hook(self, packet_id: int, payload: bytes, decision: Any) -> None:
+        """gateway._nfq's `inspect` hook."""
+        self.run(self.insp.packet(packet_id, payload, time.time_ns() // 1000, self._context(decision)))
+
+    def tick(self, now_us: int | None = None) -> None:
+        self.run(self.insp.expire(time.time_ns() // 1000 if now_us is None else now_us))
+
+    def run(self, cmds: list[Command]) -> None:
+        work = list(cmds)
+        while work:
+            c = work.pop(0)
+            if isinstance(c, Forward):
+                self.queue.verdict(c.packet_id, True, c.packet)
+                self._count("inspect_forwarded_rewritten" if c.packet is not None else "inspect_forwarded")
+            elif isinstance(c, Drop):
+                self.queue.verdict(c.packet_id, False)
+                self._count("inspect_dropped")
+            elif isinstance(c, Inject):
+                try:
+                    self.send(c.packet)
+                    self._count(f"inspect_injected_{c.toward}")
+                except (OSError, PacketError) as exc:
+                    self._count("inspect_inject_errors")
+                    log.error("inject to the %s failed: %s", c.toward, exc)
+            elif isinstance(c, Log):
+                self.events(c.event)
+            elif isinstance(c, Quarantine):
+                try:
+                    qid: str | None = self.store.put(c.original, c.meta)
+                    err = None
+                    self._count("quarantined")
+                except Exception as exc:  # QuarantineFull, disk errors: the inspector refuses
+                    qid, err = None, str(exc)
+                    self._count("quarantine_errors")
+                    log.error("quarantine: %s", exc)
+                work = self.insp.quarantined(c.key, qid, err) + work
+
+    def close(self) -> None:
+        self.run(self.insp.finish())
+        if self._raw is not None:
+            self._raw.close()
