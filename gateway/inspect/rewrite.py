@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 
 _EOL = re.compile(rb"\r\n|\r|\n")
+_NOT_EOL = re.compile(rb"[^\r\n]+")
 _WSP = b" \t"
 REMOVED_NAME = "removed.txt"
 SHORT_NAME = "rm.txt"  # when the header spans are too short for the long one
@@ -257,15 +258,7 @@ class BodyFiller:
     def fill(self, raw: bytes) -> bytes:
         """Replacement for the next `raw` bytes of the body (same length, CR/LF kept)."""
         out = bytearray(raw)
-        runs: list[tuple[int, int]] = []
-        pos = 0
-        for i, b in enumerate(raw):
-            if b in (0x0D, 0x0A):
-                if pos < i:
-                    runs.append((pos, i))
-                pos = i + 1
-        if pos < len(raw):
-            runs.append((pos, len(raw)))
+        runs = [m.span() for m in _NOT_EOL.finditer(raw)]
         for a, b in runs:
             out[a:b] = self._stream(b - a)
         return bytes(out)
