@@ -218,3 +218,15 @@ def test_html_header_to_text() -> None:
         html_to_text_headers(b"Content-Type: text/html; charset=utf-8\r\n")
         == b"Content-Type:text/plain; charset=utf-8\r\n"
     )
+
+
+def test_events_match_the_schema() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    from gateway.io.eventlog import load_schema
+
+    schema = load_schema()
+    runs = [drive(session(mail((EXE, "a.exe"))), mss=100), drive(session(mail((DOCM, "b.docm"))), mss=100)]
+    events = [e for r in runs for e in r.events]
+    assert {e["event_type"] for e in events} == {"smtp", "file"}
+    for e in events:
+        jsonschema.validate(e, schema)

@@ -711,7 +711,7 @@ class _Conn:
                         sha256=p.sha.hexdigest(),
                         verdict=fverdict,  # type: ignore[arg-type]
                         category=p.cls.category if p.cls is not None else None,
-                        reason=p.reason if fverdict != "pass" else None,
+                        reason=None if fverdict == "pass" else p.reason or f"message refused: {reason}",
                         quarantine_id=p.qid if fverdict != "pass" else None,
                         magic=p.cls.description if p.cls is not None else None,
                     )
