@@ -5,16 +5,18 @@ value never hides another. Relations between fields, rules and zones (and the ä¸
 are checked in `checks.py`, where each finding can point at the exact key that caused it.
 
 All models are strict (TOML already gives typed values: `log = "yes"` is an error, not true)
-and forbid unknown keys, except inspect profiles, which keep extra keys for the sanitizers.
+and forbid unknown keys (inspect profiles are gateway.sanitize.profile.MailProfile).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator
+
+from gateway.sanitize.profile import MailProfile
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -162,17 +164,9 @@ class Rule(_Strict):
     description: str = ""
 
 
-class Profile(BaseModel):
-    """An inspect profile. Keys beyond `kind` and `description` belong to the inspection layer."""
-
-    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
-
-    kind: Literal["smtp"]
-    description: str = ""
-
-    @property
-    def settings(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
+# An inspect profile is the sanitizer's own model (gateway/sanitize/profile.py): every key is
+# validated at load time, so a bad profile key or value is reported with FILE:LINE too.
+Profile = MailProfile
 
 
 class Timeouts(_Strict):
