@@ -21,6 +21,7 @@ import io
 import re
 import struct
 import unicodedata
+import warnings
 
 import olefile  # type: ignore[import-untyped]
 
@@ -68,7 +69,9 @@ def _biff_flags(wb: bytes) -> tuple[bool, bool]:
 
 def _olevba_detects(data: bytes) -> bool:
     try:
-        from oletools import olevba  # type: ignore[import-untyped]
+        with warnings.catch_warnings():  # olevba's pyparsing grammar warns on import
+            warnings.simplefilter("ignore")
+            from oletools import olevba  # type: ignore[import-untyped]
 
         parser = olevba.VBA_Parser("part", data=data, relaxed=True)
         try:
