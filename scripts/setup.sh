@@ -23,6 +23,7 @@ APT_PACKAGES=(
     iptables libnetfilter-queue-dev iproute2 libmagic1 tcpdump
     iperf3 sockperf build-essential libmnl-dev  # peers and the C NFQUEUE loops of bench/bench_live.py
     systemd  # systemd-analyze: the daemon tests verify systemd/lgwan-gateway.service offline
+    clamav-daemon  # clamd: optional attachment scanning; tests/test_classify_scanners.py runs a real one
     shellcheck ruby vagrant vagrant-libvirt  # tests/test_vagrant_static.py (~17 MB; no libvirt daemon, no qemu)
 )
 
