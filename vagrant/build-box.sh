@@ -30,11 +30,11 @@ DISK_GIB=4
 ROOT_UUID=6c6e7761-6e2d-4761-7465-776179000001
 
 # Everything provisioning (vagrant/provision/*.sh) and the VM test need, installed at build time.
-# Keep in step with scripts/setup.sh's APT_PACKAGES (the static test checks that it is a superset).
+# Keep in step with scripts/setup.sh: tests/test_vagrant_static.py checks its libraries and tools are here.
 BOX_PACKAGES=(
     linux-image-amd64 systemd-sysv udev kmod dbus openssh-server sudo rsync ifupdown isc-dhcp-client
     python3 python3-venv python3-dev python3-pip gcc libc6-dev
-    iptables libnetfilter-queue-dev iproute2 libmagic1 tcpdump
+    iptables libnetfilter-queue-dev libmnl-dev iproute2 libmagic1 tcpdump
     systemd procps iputils-ping netcat-openbsd curl ca-certificates less
 )
 # Build-time tools on this machine (not in scripts/setup.sh: only this script needs them).
@@ -83,11 +83,17 @@ for pkg in "${HOST_PACKAGES[@]}"; do
 done
 if ((${#missing[@]})); then
     step "installing build tools: ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
+    export DEBIAN_FRONTEND=noninteractive
+    # retry after an update: a fresh machine may have no package lists yet
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1 ||
+        { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; } ||
         die "apt-get install ${missing[*]} failed"
 fi
 
 mkdir -p "$CACHE/box"
+# one build at a time on this machine (CI runs of several checkouts share the cache)
+exec 8>"$CACHE/.build.lock"
+flock 8
 ROOTFS="$CACHE/rootfs"
 MIRROR="$(debian_mirror)"
 

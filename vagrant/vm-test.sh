@@ -36,8 +36,11 @@ for tool in qemu-system-x86_64 qemu-img ssh; do
 done
 if [[ -n "${missing:-}" ]]; then
     step "installing qemu-system-x86 qemu-utils openssh-client"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        qemu-system-x86 qemu-utils openssh-client >/dev/null || die "apt-get install qemu failed"
+    export DEBIAN_FRONTEND=noninteractive
+    pkgs=(qemu-system-x86 qemu-utils openssh-client)
+    apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null 2>&1 ||
+        { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null; } ||
+        die "apt-get install ${pkgs[*]} failed"
 fi
 
 # 1. image (debootstrap only on the first run) and the project's wheel
