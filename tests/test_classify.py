@@ -334,3 +334,12 @@ def test_valid_profile_loads_into_the_policy() -> None:
     settings = loaded.compiled.extra["profiles"]["mail"]  # type: ignore[index]
     assert settings["allowed_types"] == ["pdf", "image/png"]
     assert settings["actions"] == {"encrypted": "refuse"}
+
+
+def test_names_may_be_the_mime_parsers_decoded_names() -> None:
+    from gateway.mime import DecodedName
+
+    name = DecodedName("filename*", b"UTF-8''%E8%AB%8B%E6%B1%82%E6%9B%B8.pdf.exe", "請求書.pdf.exe", "utf-8")
+    c = CLF.classify_full(corpus.clean_pdf(), [name], "application/pdf")
+    assert c.category == "executable" and "請求書.pdf.exe" in c.reason
+    assert CLF.classify_head(corpus.clean_pdf(), [name], "application/pdf") == c

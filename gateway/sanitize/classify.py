@@ -21,7 +21,7 @@ from typing import Literal
 
 import magic
 
-from gateway.mime.names import TRUE_TYPE_EXTENSIONS, check_name, extension
+from gateway.mime.names import TRUE_TYPE_EXTENSIONS, DecodedName, check_name, extension
 from gateway.sanitize import archives, office, pdf
 from gateway.sanitize.base import Budget, Finding, LimitHit, Uninspectable, show
 from gateway.sanitize.profile import CATEGORIES, MailProfile
@@ -384,6 +384,11 @@ class _Walk:
         self.member(inner, [inner_name] if inner_name else [], f"{where}/{inner_name or '(decompressed)'}", depth + 1)
 
 
+def _texts(names: Sequence[str | DecodedName]) -> list[str]:
+    """Names as text: plain strings, or the MIME parser's DecodedName (its decoded form)."""
+    return [n if isinstance(n, str) else n.decoded for n in names]
+
+
 def _compressor(data: bytes) -> str | None:
     if data[:2] == b"\x1f\x8b":
         return "gzip"
@@ -481,10 +486,11 @@ class Classifier:
 
     # -- API -------------------------------------------------------------------------------------
 
-    def classify_head(self, head: bytes, names: Sequence[str], declared: str) -> Classification | None:
+    def classify_head(self, head: bytes, names: Sequence[str | DecodedName], declared: str) -> Classification | None:
         """Decide from the first `head_bytes` decoded bytes when the rest cannot change the verdict:
         removal by name or by a type recognized at the start (executables, scripts, HTML, disk and
         uninspectable archive formats), or an allowed image. None: the whole part is needed."""
+        names = _texts(names)
         p = self.profile
         if len(head) < p.head_bytes:
             return self.classify_full(head, names, declared)  # the head is the whole part
@@ -523,7 +529,8 @@ class Classifier:
             return self._decide(node, findings)
         return None
 
-    def classify_full(self, data: bytes, names: Sequence[str], declared: str) -> Classification:
+    def classify_full(self, data: bytes, names: Sequence[str | DecodedName], declared: str) -> Classification:
+        names = _texts(names)
         where = show(names[0]) if names else "(unnamed part)"
         walk = _Walk(self)
         if len(data) > self.profile.max_part_bytes:
