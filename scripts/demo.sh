@@ -66,7 +66,7 @@ Maildirs:      $(state '"  ".join(d["paths"]["maildirs"].values())')
 quarantine:    $(state 'd["paths"]["quarantine"]')
 logs:          $(state 'd["paths"]["logs"]')           (daemon.log, one log per host)
 the lab:       sudo $LGW lab status
-a host:        sudo $LGW lab exec lgwan-terminal -- ping -c1 198.18.30.40
+a host:        sudo $LGW lab exec lgwan-terminal -- ip route
 counters:      sudo $LGW lab exec gateway -- $LGW stats
 offline:       $LGW demo        (the same policy on a synthetic capture, replayed; no root)
 
