@@ -33,7 +33,7 @@ if [[ $rc -eq 5 ]]; then
     echo "test.sh: ERROR: pytest collected no tests" >&2
     exit 1
 fi
-# The VM test (docs/vagrant.md): the systemd unit under real systemd in a qemu VM, ~4 min (~6 min
+# The VM test (docs/vagrant.md): the systemd unit under real systemd in a qemu VM, ~3 min (~5 min
 # on the first run, which builds the cached image). CI runs it; elsewhere LGWAN_VM_TEST=1 does.
 if [[ $rc -eq 0 && "${LGWAN_VM_TEST:-$([[ -n "${CI:-}" ]] && echo 1 || echo 0)}" == 1 ]]; then
     step "VM test (vagrant/vm-test.sh)"

@@ -101,7 +101,7 @@ t=$SECONDS
     --exclude=.mypy_cache --exclude=.ruff_cache --exclude=.pytest_cache --exclude=.hypothesis .) |
     "${SSH[@]}" 'sudo rm -rf /vagrant && sudo mkdir /vagrant && sudo tar -C /vagrant -xf -'
 rc=0
-"${SSH[@]}" "sudo LGWAN_VM_TEST_STRICT_INSPECT=${LGWAN_VM_TEST_STRICT_INSPECT:-0} bash /vagrant/vagrant/vm-test-guest.sh" || rc=$?
+"${SSH[@]}" "sudo LGWAN_VM_TEST_STRICT_INSPECT=${LGWAN_VM_TEST_STRICT_INSPECT:-1} bash /vagrant/vagrant/vm-test-guest.sh" || rc=$?
 took[test]=$((SECONDS - t))
 if ((rc != 0)); then
     "${SSH[@]}" 'sudo journalctl -u lgwan-gateway --no-pager | tail -n 60' >"$WORK/journal.log" 2>&1 || true
