@@ -52,6 +52,7 @@ took[build]=$((SECONDS - t))
 # 2. boot an overlay of the image
 WORK="$(mktemp -d /tmp/lgwan-vm-test.XXXXXX)"
 QEMU_PID=""
+rc=1
 cleanup() {
     if ((keep)) && [[ -n "$QEMU_PID" ]]; then
         step "VM left running (pid $QEMU_PID): ssh -i $KEY -p $PORT vagrant@127.0.0.1; serial log $WORK/serial.log"
@@ -61,7 +62,8 @@ cleanup() {
         kill "$QEMU_PID" 2>/dev/null || true
         wait "$QEMU_PID" 2>/dev/null || true
     fi
-    rm -f "$WORK/disk.qcow2"
+    # keep the logs of a failed run for reading; a passing run leaves nothing behind
+    if ((rc == 0)); then rm -rf "$WORK"; else rm -f "$WORK/disk.qcow2"; fi
 }
 trap cleanup EXIT
 qemu-img create -q -f qcow2 -b "$IMG" -F qcow2 "$WORK/disk.qcow2"
