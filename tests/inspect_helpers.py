@@ -38,7 +38,9 @@ class FakeClassifier:
     def _c(self, t: str, cat: str, verdict: str, action: str, reason: str) -> FakeClassification:
         return FakeClassification(t, t, cat, (), verdict, action, reason)
 
-    def classify_head(self, head: bytes, names: Any, declared_type: str) -> FakeClassification | None:
+    def classify_head(
+        self, head: bytes, names: Any, declared_type: str, body: bool = False
+    ) -> FakeClassification | None:
         if head.startswith(b"MZ"):
             return self._c("application/x-dosexec", "executable", "remove", "neutralize", "executable (PE)")
         if head.startswith(b"PK"):
@@ -47,7 +49,7 @@ class FakeClassifier:
             return self._c("text/html", "text", "pass", "pass", "")
         return self._c("text/plain", "text", "pass", "pass", "")
 
-    def classify_full(self, data: bytes, names: Any, declared_type: str) -> FakeClassification:
+    def classify_full(self, data: bytes, names: Any, declared_type: str, body: bool = False) -> FakeClassification:
         if b"vbaProject" in data:
             return self._c("application/vnd.ms-word.document.macroEnabled.12", "macro", "remove", "refuse", "macro")
         return self._c("application/zip", "archive", "pass", "pass", "")

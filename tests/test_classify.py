@@ -247,6 +247,14 @@ def test_attachments_remove_removes_everything() -> None:
     assert c.verdict == "remove" and c.category == "image" and "attachments" in c.reason
 
 
+def test_attachments_remove_keeps_the_message_text_but_still_checks_its_true_type() -> None:
+    clf = Classifier(profile(attachments="remove"))
+    text = "本文です。\r\n".encode()
+    assert clf.classify_full(text, [], "text/plain", body=True).verdict == "pass"
+    assert clf.classify_full(text, [], "text/plain").verdict == "remove"  # the same bytes as an attachment
+    assert clf.classify_full(corpus.pe_exe(), [], "text/plain", body=True).verdict == "remove"
+
+
 def test_too_large_part() -> None:
     clf = Classifier(profile(max_part_bytes=1000))
     c = full(b"x" * 1001, "a.txt", "text/plain", clf)

@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -221,8 +221,21 @@ def _events(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _store_ids_masked(v: Any) -> Any:
+    """Quarantine ids are assigned by each run's store (clock + random): compare their presence."""
+    if isinstance(v, dict):
+        masked: dict[str, Callable[[Any], Any]] = {
+            "quarantine_id": lambda x: "<id>",
+            "quarantine_ids": lambda x: ["<id>"] * len(x),
+        }
+        return {k: masked.get(k, _store_ids_masked)(x) for k, x in v.items()}
+    return v
+
+
 def _key(ev: dict[str, Any], without: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted((k, json.dumps(v, ensure_ascii=False)) for k, v in ev.items() if k not in without))
+    return tuple(
+        sorted((k, json.dumps(_store_ids_masked(v), ensure_ascii=False)) for k, v in ev.items() if k not in without)
+    )
 
 
 def _settled(path: Path, quiet_s: float = 1.0, limit_s: float = 10.0) -> None:

@@ -118,8 +118,12 @@ class ClassificationLike(Protocol):
 
 
 class ClassifierLike(Protocol):
-    def classify_head(self, head: bytes, names: Sequence[Any], declared_type: str) -> ClassificationLike | None: ...
-    def classify_full(self, data: bytes, names: Sequence[Any], declared_type: str) -> ClassificationLike: ...
+    def classify_head(
+        self, head: bytes, names: Sequence[Any], declared_type: str, body: bool = False
+    ) -> ClassificationLike | None: ...
+    def classify_full(
+        self, data: bytes, names: Sequence[Any], declared_type: str, body: bool = False
+    ) -> ClassificationLike: ...
 
 
 ClassifierFactory = Callable[[Any], ClassifierLike]
@@ -492,9 +496,17 @@ class _Conn:
     def _declared(self, p: _Part) -> str:
         return p.start.content_type.mime_type
 
+    def _is_body(self, p: _Part) -> bool:
+        """The message text a mail client shows (not an attachment): an unnamed text/plain or
+        text/html part that is not marked as an attachment. attachments = "remove" keeps it."""
+        s = p.start
+        return not s.names and s.disposition != "attachment" and self._declared(p) in ("text/plain", "text/html")
+
     def _decide_head(self, m: _Message, p: _Part) -> None:
         try:
-            cls = self.classifier.classify_head(m.heads.head(p.start.path), p.start.names, self._declared(p))
+            cls = self.classifier.classify_head(
+                m.heads.head(p.start.path), p.start.names, self._declared(p), body=self._is_body(p)
+            )
         except Exception as exc:  # a classifier bug must not pass a part: refuse
             self._refuse_message(m, f"classifier error: {exc!r}")
             return
@@ -508,7 +520,9 @@ class _Conn:
             p.state = REFUSE
             return
         try:
-            cls = self.classifier.classify_full(bytes(p.decoded), p.start.names, self._declared(p))
+            cls = self.classifier.classify_full(
+                bytes(p.decoded), p.start.names, self._declared(p), body=self._is_body(p)
+            )
         except Exception as exc:
             self._refuse_message(m, f"classifier error: {exc!r}")
             return

@@ -486,7 +486,9 @@ class Classifier:
 
     # -- API -------------------------------------------------------------------------------------
 
-    def classify_head(self, head: bytes, names: Sequence[str | DecodedName], declared: str) -> Classification | None:
+    def classify_head(
+        self, head: bytes, names: Sequence[str | DecodedName], declared: str, body: bool = False
+    ) -> Classification | None:
         """Decide from the first `head_bytes` decoded bytes when the rest cannot change the verdict:
         removal by name or by a type recognized at the start (executables, scripts, HTML, disk and
         uninspectable archive formats), or an allowed image. None: the whole part is needed."""
@@ -517,7 +519,7 @@ class Classifier:
                 walk.add(f)
         findings = list(walk.findings)
         if any(f.category not in self._cats for f in findings):
-            return self._decide(node, findings)
+            return self._decide(node, findings, body)
         if (
             category == "image"
             and not findings
@@ -526,10 +528,12 @@ class Classifier:
             and p.attachments == "inspect"
             and self.allows(category, tt)
         ):
-            return self._decide(node, findings)
+            return self._decide(node, findings, body)
         return None
 
-    def classify_full(self, data: bytes, names: Sequence[str | DecodedName], declared: str) -> Classification:
+    def classify_full(
+        self, data: bytes, names: Sequence[str | DecodedName], declared: str, body: bool = False
+    ) -> Classification:
         names = _texts(names)
         where = show(names[0]) if names else "(unnamed part)"
         walk = _Walk(self)
@@ -537,7 +541,7 @@ class Classifier:
             tt, desc = self.magic(data)
             node = _Node(tt, desc, "too_large")
             walk.add(Finding("too_large", f"{len(data)} bytes, more than max_part_bytes={self.profile.max_part_bytes}"))
-            return self._decide(node, list(walk.findings))
+            return self._decide(node, list(walk.findings), body)
         try:
             node = walk.analyze(data, names, where, 0)
         except LimitHit as exc:
@@ -555,12 +559,14 @@ class Classifier:
         if self.clamd is not None:
             for f in self.clamd.scan(data, where):
                 walk.add(f)
-        return self._decide(node, list(walk.findings))
+        return self._decide(node, list(walk.findings), body)
 
-    def _decide(self, node: _Node, findings: list[Finding]) -> Classification:
+    def _decide(self, node: _Node, findings: list[Finding], body: bool = False) -> Classification:
+        """`body`: the part is the message text (not an attachment), which attachments = "remove"
+        keeps; its true type is still checked like any part's."""
         p = self.profile
         removal = [f for f in findings if f.category not in self._cats]
-        if not removal and p.attachments == "remove":
+        if not removal and p.attachments == "remove" and not body:
             removal = [Finding(node.category, 'the profile removes every attachment (attachments = "remove")')]
         if removal:
             worst = min(removal, key=lambda f: _RANK.get(f.category, 0))
