@@ -25,6 +25,7 @@ APT_PACKAGES=(
     systemd  # systemd-analyze: the daemon tests verify systemd/lgwan-gateway.service offline
     clamav-daemon  # clamd: optional attachment scanning; tests/test_classify_scanners.py runs a real one
     shellcheck ruby vagrant vagrant-libvirt  # tests/test_vagrant_static.py (~17 MB; no libvirt daemon, no qemu)
+    postfix  # smtp-sink/smtp-source: the fast SMTP peers of bench/bench_mail.py (the MTA itself stays unconfigured)
 )
 
 step() { printf '==> %s\n' "$*"; }
@@ -48,6 +49,8 @@ if ((${#missing[@]})); then
     [[ $EUID -eq 0 ]] || die "Debian packages missing (${missing[*]}); run as root: sudo bash scripts/setup.sh"
     step "installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    # postfix: "No configuration" writes no main.cf, so the host's MTA neither asks nor starts
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
     apt-get update -qq >"$LOG" 2>&1 || die "apt-get update failed"
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >>"$LOG" 2>&1 || die "apt-get install failed"
 else
