@@ -253,6 +253,9 @@ def test_attachments_remove_keeps_the_message_text_but_still_checks_its_true_typ
     assert clf.classify_full(text, [], "text/plain", body=True).verdict == "pass"
     assert clf.classify_full(text, [], "text/plain").verdict == "remove"  # the same bytes as an attachment
     assert clf.classify_full(corpus.pe_exe(), [], "text/plain", body=True).verdict == "remove"
+    # a short body is classified whole by classify_head (shorter than head_bytes): same answer
+    assert clf.classify_head(text, [], "text/plain", body=True) == clf.classify_full(text, [], "text/plain", body=True)
+    assert clf.classify_head(text, [], "text/plain").verdict == "remove"
 
 
 def test_too_large_part() -> None:

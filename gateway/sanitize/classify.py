@@ -495,7 +495,7 @@ class Classifier:
         names = _texts(names)
         p = self.profile
         if len(head) < p.head_bytes:
-            return self.classify_full(head, names, declared)  # the head is the whole part
+            return self.classify_full(head, names, declared, body)  # the head is the whole part
         head = head[: p.head_bytes]
         walk = _Walk(self)
         where = show(names[0]) if names else "(unnamed part)"
