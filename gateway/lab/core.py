@@ -372,7 +372,9 @@ class Lab:
         sock_path = self.state_dir / "notify.sock"
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.bind(str(sock_path))
-            env = dict(os.environ, NOTIFY_SOCKET=str(sock_path))
+            # the quarantine the lab reports (`status`) is the one the daemon writes to, not the
+            # machine's /var/lib/lgwan-gateway/quarantine shared by every lab and test run
+            env = dict(os.environ, NOTIFY_SOCKET=str(sock_path), LGWAN_GATEWAY_QUARANTINE_DIR=str(self.quarantine_dir))
             argv = [*self.daemon_command, "--config", str(self.config)]
             argv += ["--events", str(self.events_path), *self.daemon_args]
             rec = self._spawn("daemon", self.namespace(GATEWAY), argv, env=env)
