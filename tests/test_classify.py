@@ -3,6 +3,7 @@ every sample in code)."""
 
 from __future__ import annotations
 
+import random
 import textwrap
 
 import corpus
@@ -354,3 +355,20 @@ def test_names_may_be_the_mime_parsers_decoded_names() -> None:
     c = CLF.classify_full(corpus.clean_pdf(), [name], "application/pdf")
     assert c.category == "executable" and "請求書.pdf.exe" in c.reason
     assert CLF.classify_head(corpus.clean_pdf(), [name], "application/pdf") == c
+
+
+def test_attachments_remove_decides_an_attachment_at_its_head() -> None:
+    """A clean type that would otherwise need the whole part (PDF, archive, or an image the
+    profile does not let pass at the head) is removed from its head: the inspector neutralizes
+    it as it streams instead of holding it and refusing the message as decided too late."""
+    clf = Classifier(profile(attachments="remove"))
+    png = corpus.png(64, 64) + b"\0" * 8192
+    for data, name in ((png, "a.png"), (corpus.zip_of({"a.bin": random.Random(1).randbytes(9000)}), "a.zip")):
+        assert len(data) > 4096
+        c = clf.classify_head(data[:4096], [name], "application/octet-stream")
+        assert c is not None and (c.verdict, c.action) == ("remove", "neutralize"), c
+    # the message text is not an attachment: still decided the usual way
+    assert clf.classify_head(b"text " * 2000, [], "text/plain", body=True) is None
+    # a profile that refuses some category needs the whole part to know which action applies
+    strict = Classifier(profile(attachments="remove", actions={"macro_office": "refuse"}))
+    assert strict.classify_head(png[:4096], ["a.png"], "image/png") is None

@@ -427,6 +427,16 @@ class Classifier:
         self._text = magic.Magic()
         self.yara = Yara(profile.yara_rules, profile.scan_timeout) if profile.yara_rules else None
         self.clamd = Clamd(profile.clamd_socket, profile.scan_timeout) if profile.clamd_socket else None
+        # attachments = "remove": the head settles an attachment's fate when no category the whole
+        # part could still reveal would refuse the message instead of neutralizing the part
+        # (limit and too_large aside: a part removed unseen need not be inspected to its end, and
+        # the inspector refuses a part too large to quarantine whole by itself); with a scanner
+        # configured the whole part is still scanned, so its findings reach the event
+        self._removal_settled = (
+            all(profile.action_for(c) == "neutralize" for c in CATEGORIES if c not in ("limit", "too_large"))
+            and self.yara is None
+            and self.clamd is None
+        )
 
     # -- helpers used by the walk ----------------------------------------------------------
 
@@ -528,6 +538,10 @@ class Classifier:
             and p.attachments == "inspect"
             and self.allows(category, tt)
         ):
+            return self._decide(node, findings, body)
+        if p.attachments == "remove" and not body and self._removal_settled:
+            # every attachment goes whatever the rest holds: decide now, so the part is neutralized
+            # as it streams instead of held whole and then refused as decided late
             return self._decide(node, findings, body)
         return None
 
