@@ -69,8 +69,9 @@ class MemoryStore:
     def __init__(self) -> None:
         self.items: dict[str, tuple[bytes, Any]] = {}
 
-    def put(self, original: bytes, meta: Any) -> str:
-        qid = f"20261126T000000Z-{len(self.items):012x}"
+    def put(self, original: bytes, meta: Any, qid: str | None = None) -> str:
+        qid = qid or f"20261126T000000Z-{len(self.items):012x}"
+        assert qid not in self.items, "quarantine id reused"
         self.items[qid] = (original, meta)
         return qid
 
@@ -78,7 +79,7 @@ class MemoryStore:
 @dataclass
 class Run:
     insp: MailInspector
-    store: MemoryStore
+    store: Any  # MemoryStore or a QuarantineStore
     sent: dict[int, tuple[str, int, bytes, bytes]] = field(default_factory=dict)  # id -> (dir, off, payload, pkt)
     finals: dict[int, Any] = field(default_factory=dict)
     injected: list[Inject] = field(default_factory=list)
@@ -100,8 +101,11 @@ class Run:
             elif isinstance(c, Log):
                 self.events.append(c.event)
             elif isinstance(c, Quarantine):
-                qid = self.store.put(c.original, c.meta)
-                work = self.insp.quarantined(c.key, qid) + work
+                try:
+                    qid, err = self.store.put(c.original, c.meta, qid=c.qid), None
+                except Exception as exc:  # as the adapters do: the inspector refuses
+                    qid, err = None, str(exc)
+                work = self.insp.quarantined(c.key, qid, err) + work
 
 
 def session(
@@ -134,10 +138,12 @@ def drive(
     profile: FakeProfile | None = None,
     stop_after_refusal: bool = True,
     retransmit: bool = False,
+    store: Any = None,
+    classifier: Any = FakeClassifier,
 ) -> Run:
     rnd = random.Random(seed)
-    insp = MailInspector({"mail": profile or FakeProfile()}, FakeClassifier)
-    run = Run(insp, MemoryStore())
+    insp = MailInspector({"mail": profile or FakeProfile()}, classifier)
+    run = Run(insp, store if store is not None else MemoryStore())
     isn = {"c": rnd.randrange(1 << 32), "s": rnd.randrange(1 << 32)}
     pos = {"c": 0, "s": 0}
     pid = 0

@@ -36,14 +36,16 @@ class Inject:
 
 @dataclass(frozen=True, slots=True)
 class Quarantine:
-    """Store `original` (QuarantineStore.put) and report back with `MailInspector.quarantined`
-    (key, id or error) before executing the commands that follow: the message's end of DATA
-    is released only after its originals are stored, so a crash never delivers a neutralized
-    message whose original is lost."""
+    """Store `original` under `qid` (QuarantineStore.put(original, meta, qid=qid)) and report
+    back with `MailInspector.quarantined` (key, id or error) before executing the commands that
+    follow: the message's end of DATA is released only after its originals are stored, so a
+    crash never delivers a neutralized message whose original is lost. The inspector derived
+    `qid` when it decided (it is already in the part's notice); a store must use it as given."""
 
     key: int
     original: bytes
     meta: Any  # gateway.io.quarantine.QuarantineMeta
+    qid: str
 
 
 @dataclass(frozen=True, slots=True)

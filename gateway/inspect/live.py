@@ -136,7 +136,7 @@ class LiveMailInspector:
                 self.events(c.event)
             elif isinstance(c, Quarantine):
                 try:
-                    qid: str | None = self.store.put(c.original, c.meta)
+                    qid: str | None = self.store.put(c.original, c.meta, qid=c.qid)
                     err = None
                     self._count("quarantined")
                 except Exception as exc:  # QuarantineFull, disk errors: the inspector refuses

@@ -189,7 +189,8 @@ class _Part:
     ended: bool = False
     verdict: str = "pass"  # for the file event: pass | neutralized | refused
     reason: str | None = None
-    qid: str | None = None
+    qid: str | None = None  # derived when the part is neutralized (named in its notice)
+    stored: bool = False  # the store kept the original under qid
 
 
 @dataclass(eq=False)
@@ -273,6 +274,7 @@ class _Conn:
         self.closed_us: int | None = None
         self.ts_us = ts_us
         self.out: list[Command] = []
+        self._refusal: tuple[str, int, int, int, int] | None = None  # 554/RST to send (reason, seqs)
 
     # --- packets ---------------------------------------------------------------------------
     def segment(self, packet_id: int, pkt: bytes, tcp: TcpPacket, d: Direction) -> None:
@@ -551,7 +553,8 @@ class _Conn:
                 return
             p.state = NEUTRALIZE
             p.verdict = "neutralized"
-            p.filler = BodyFiller(p.start.transfer_encoding, self._notice(p))
+            p.qid = self.insp.new_qid(self.ts_us)
+            p.filler = BodyFiller(p.start.transfer_encoding, self._notice(p, p.qid))
             m.actions.add("DEL_ATTACH")
             self._fill(m, p, m.covered)
             return
@@ -560,12 +563,13 @@ class _Conn:
         why = cls.reason if not late else f"{cls.reason} (decided after the part was released)"
         self._refuse_message(m, why)
 
-    def _notice(self, p: _Part) -> str:
+    def _notice(self, p: _Part, qid: str) -> str:
+        """The quarantine id first: a part shorter than the notice carries a truncated one
+        (BodyFiller), and the id is what the recipient needs to ask for the original."""
         name = p.start.filename.decoded if p.start.filename is not None else "(no name)"
         return (
-            f"[lgwan-gateway] The attachment {name!r} was removed ({p.reason}). "
-            f"The original is kept in quarantine: flow {self.flow.flow_id} transaction {self.tx_id} "
-            f"part {p.start.path or 'message'}. Ask your administrator to release it.\r\n"
+            f"{qid}: lgwan-gateway removed the attachment {name!r} ({p.reason}). The original "
+            "is kept under this quarantine id; ask your administrator to release it.\r\n"
         )
 
     def _fill(self, m: _Message, p: _Part, upto: int) -> None:
@@ -647,9 +651,11 @@ class _Conn:
         if p.decoded is None:
             self._refuse_message(m, "removed part too large to keep whole in quarantine")
             return
-        key = self.insp.new_key(self, m, p)
+        assert p.qid is not None
+        key = self.insp.new_key(self, m, p, p.qid)
         m.pending_q += 1
-        self.out.append(Quarantine(key, bytes(p.decoded), self._meta(m, "part", p.reason or "", "neutralized", p)))
+        meta = self._meta(m, "part", p.reason or "", "neutralized", p)
+        self.out.append(Quarantine(key, bytes(p.decoded), meta, p.qid))
         p.decoded = None
 
     def quarantined(self, m: _Message, p: _Part | None, qid: str | None, error: str | None) -> None:
@@ -657,6 +663,7 @@ class _Conn:
         if p is None:  # the whole message of a refusal
             if qid is not None:
                 m.qids.append(qid)
+            self._inject_refusal(qid)
             self._log_message(m, "refused", m.refuse_reason)
             return
         if qid is None:
@@ -665,7 +672,7 @@ class _Conn:
             if m.data_end is not None:
                 self._maybe_finish(m)
             return
-        p.qid = qid
+        p.stored = True
         m.qids.append(qid)
         if m.data_end is not None:
             self._maybe_finish(m)
@@ -726,7 +733,7 @@ class _Conn:
                         verdict=fverdict,  # type: ignore[arg-type]
                         category=p.cls.category if p.cls is not None else None,
                         reason=None if fverdict == "pass" else p.reason or f"message refused: {reason}",
-                        quarantine_id=p.qid if fverdict != "pass" else None,
+                        quarantine_id=p.qid if fverdict != "pass" and p.stored else None,
                         magic=p.cls.description if p.cls is not None else None,
                     )
                 )
@@ -765,14 +772,16 @@ class _Conn:
             m.refuse_reason = m.refuse_reason or reason
         cisn, sisn = self.isn
         if self.insp.config.inject and cisn is not None and sisn is not None:
-            srv_seq = (sisn + 1 + self.r.released(S2C)) % SEQ_MOD
-            cli_ack = (cisn + 1 + self.r.delivered(C2S)) % SEQ_MOD
-            reply = refusal_reply(reason)
-            self.out.append(Inject(self._craft(S2C, srv_seq, cli_ack, PSH | ACK | FIN, reply), "client", reason))
-            self.fin_seq = (srv_seq + len(reply) + 1) % SEQ_MOD
-            cli_seq = (cisn + 1 + self.r.released(C2S)) % SEQ_MOD
-            srv_ack = (sisn + 1 + self.r.delivered(S2C)) % SEQ_MOD
-            self.out.append(Inject(self._craft(C2S, cli_seq, srv_ack, RST | ACK), "server", reason))
+            # sequence numbers as of now (nothing more is released or delivered after this)
+            self._refusal = (
+                reason,
+                (sisn + 1 + self.r.released(S2C)) % SEQ_MOD,
+                (cisn + 1 + self.r.delivered(C2S)) % SEQ_MOD,
+                (cisn + 1 + self.r.released(C2S)) % SEQ_MOD,
+                (sisn + 1 + self.r.delivered(S2C)) % SEQ_MOD,
+            )
+        if m is None:
+            self._inject_refusal(None)
         self.refused = True
         if not reset_done:
             with contextlib.suppress(ReassemblyError):
@@ -781,12 +790,26 @@ class _Conn:
             self.out.append(Drop(pid, "refused"))
         self.pkts.clear()
         if m is not None:
-            key = self.insp.new_key(self, m, None)
+            # the 554 goes out once the original is stored (quarantined), naming its id
+            qid = self.insp.new_qid(self.ts_us)
+            key = self.insp.new_key(self, m, None, qid)
             m.pending_q += 1
-            self.out.append(Quarantine(key, bytes(m.content), self._meta(m, "message", reason, "refused", None)))
+            self.out.append(Quarantine(key, bytes(m.content), self._meta(m, "message", reason, "refused", None), qid))
         else:
             self.out.append(Log(self._refusal_event(reason)))
         self.closed_us = self.ts_us
+
+    def _inject_refusal(self, qid: str | None) -> None:
+        """554 5.7.1 (+ FIN) to the client, naming the quarantine id of the refused message when
+        it was stored; RST to the server."""
+        if self._refusal is None:
+            return
+        reason, srv_seq, cli_ack, cli_seq, srv_ack = self._refusal
+        self._refusal = None
+        reply = refusal_reply(with_quarantine_id(reason, qid))
+        self.out.append(Inject(self._craft(S2C, srv_seq, cli_ack, PSH | ACK | FIN, reply), "client", reason))
+        self.fin_seq = (srv_seq + len(reply) + 1) % SEQ_MOD
+        self.out.append(Inject(self._craft(C2S, cli_seq, srv_ack, RST | ACK), "server", reason))
 
     def _refusal_event(self, reason: str) -> dict[str, Any]:
         ev = smtp_event(
@@ -819,6 +842,23 @@ class _Conn:
 
 
 _ACTION_ORDER = ["DEL_ATTACH", "CHG_TEXT", "REP_LINK"]
+REPLY_TEXT_MAX = 400  # refusal_reply keeps this much of the text
+
+
+def with_quarantine_id(reason: str, qid: str | None) -> str:
+    """The 554 text: the reason, shortened so that the quarantine id always fits after it."""
+    if qid is None:
+        return reason
+    tail = f" (quarantine id {qid})"
+    return reason[: REPLY_TEXT_MAX - len(tail)] + tail
+
+
+def default_qid(ts_us: int) -> str:
+    """gateway.io.quarantine.new_id at the packet's time (imported late, like the classifier)."""
+    import importlib
+
+    qid: str = importlib.import_module("gateway.io.quarantine").new_id(ts_us / 1e6)
+    return qid
 
 
 class MailInspector:
@@ -830,7 +870,12 @@ class MailInspector:
         classifier_factory: ClassifierFactory = default_classifier,
         config: InspectConfig | None = None,
         default_profile: str | None = None,
+        new_qid: Callable[[int], str] = default_qid,
     ) -> None:
+        """new_qid(ts_us): a fresh quarantine id (unique across workers and restarts: the
+        store's `new_id` uses 48 random bits), derived when a part is neutralized or a message
+        refused so that the notice and the 554 can name it."""
+        self.new_qid = new_qid
         self.profiles = dict(profiles)
         self.classifier_factory = classifier_factory
         self.config = config or InspectConfig()
@@ -838,7 +883,7 @@ class MailInspector:
         self.account = MemoryAccount()
         self._conns: dict[tuple[int, bytes, int, bytes, int], _Conn] = {}
         self._classifiers: dict[str, ClassifierLike] = {}
-        self._keys: dict[int, tuple[_Conn, _Message, _Part | None]] = {}
+        self._keys: dict[int, tuple[_Conn, _Message, _Part | None, str]] = {}
         self._next_key = 1
         self.counters: dict[str, int] = {}
 
@@ -853,10 +898,10 @@ class MailInspector:
         """After a reload: classifiers are rebuilt from the new profiles on first use."""
         self._classifiers.clear()
 
-    def new_key(self, conn: _Conn, m: _Message, p: _Part | None) -> int:
+    def new_key(self, conn: _Conn, m: _Message, p: _Part | None, qid: str) -> int:
         k = self._next_key
         self._next_key += 1
-        self._keys[k] = (conn, m, p)
+        self._keys[k] = (conn, m, p, qid)
         return k
 
     @property
@@ -906,7 +951,9 @@ class MailInspector:
 
     def quarantined(self, key: int, qid: str | None, error: str | None = None) -> list[Command]:
         """The adapter stored (qid) or could not store (error) a Quarantine command's original."""
-        conn, m, p = self._keys.pop(key)
+        conn, m, p, want = self._keys.pop(key)
+        if qid is not None and qid != want:  # the notice names `want`: a store must keep it
+            qid, error = None, f"stored as {qid}, not as the id {want} the notice names"
         conn.quarantined(m, p, qid, error)
         return self._drain(conn)
 

@@ -7,7 +7,7 @@ them with `QuarantineStore.put`. Layout (docs/quarantine.md):
     ROOT/YYYY/MM/DD/<id>.json    metadata (QuarantineEntry), written after the content
     ROOT/audit/YYYY-MM.jsonl     hash-chained audit log: put, release, purge (gateway.io.auditlog)
 
-Durability: each file is written to a dot-temp file in the same directory, fsync'd, renamed into
+Durability: each file is written to a dot-temp file in the same directory, fsync'd, linked into
 place, and the directory fsync'd. Content first, metadata second, audit record last: an entry is
 listed only when its metadata exists, which implies its content exists. A crash leaves at most
 temp files or a content file without metadata (both invisible; `recover()` removes them) or an
@@ -65,6 +65,10 @@ class QuarantineTampered(QuarantineError):
 class QuarantineFull(QuarantineError):
     """The store is at its limit (count, bytes or disk). The inspector must refuse the message
     rather than deliver it: a part we cannot keep is a part we must not remove silently."""
+
+
+class QuarantineIdInUse(QuarantineError):
+    """put(qid=...) with an id that already names an entry (or a put in progress)."""
 
 
 class ReleaseRefused(QuarantineError):
@@ -156,6 +160,15 @@ def meta_hash(d: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()).hexdigest()
 
 
+def new_id(now: float) -> str:
+    """A fresh quarantine id for something quarantined at `now` (seconds since the epoch):
+    `YYYYMMDDTHHMMSSZ-` + 48 random bits. Pure (no store needed): the inspector derives the id
+    when it decides to neutralize or refuse, writes it into the notice or the 554 reply, and
+    the store accepts it (`put(..., qid=)`), refusing one already in use."""
+    t = _dt.datetime.fromtimestamp(now, _dt.UTC)
+    return t.strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(6)
+
+
 def default_dir() -> Path:
     return Path(os.environ.get(ENV_DIR) or DEFAULT_DIR)
 
@@ -199,8 +212,7 @@ class QuarantineStore:
         return d / f"{qid}.orig", d / f"{qid}.json"
 
     def _new_id(self, now: float) -> str:
-        t = _dt.datetime.fromtimestamp(now, _dt.UTC)
-        return t.strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(6)
+        return new_id(now)
 
     # -- limits ------------------------------------------------------------------------------
     def usage(self, *, fresh: bool = False) -> tuple[int, int]:
@@ -223,8 +235,14 @@ class QuarantineStore:
             self._usage = (t, c + count, b + nbytes)
 
     # -- put ---------------------------------------------------------------------------------
-    def put(self, original: bytes | Iterable[bytes], meta: QuarantineMeta) -> str:
-        """Store the original and its metadata durably; returns the id. Raises QuarantineFull."""
+    def put(self, original: bytes | Iterable[bytes], meta: QuarantineMeta, qid: str | None = None) -> str:
+        """Store the original and its metadata durably; returns the id. Raises QuarantineFull.
+
+        `qid`: an id derived beforehand (`new_id`; the inspector names it in the notice): it is
+        used as given, and an id already in use raises QuarantineIdInUse (nothing is replaced:
+        the files are linked into place, never renamed over an existing one)."""
+        if qid is not None and not ID_RE.match(qid):
+            raise QuarantineError(f"not a quarantine id: {qid!r}")
         count, used = self.usage()
         if count >= self.max_count:
             raise QuarantineFull(f"quarantine full: {count} entries (max {self.max_count})")
@@ -232,7 +250,7 @@ class QuarantineStore:
         if budget <= 0:
             raise QuarantineFull(f"quarantine full: {used} bytes (max {self.max_bytes})")
         now = self._clock()
-        qid = self._new_id(now)
+        qid = self._new_id(now) if qid is None else qid
         orig_path, meta_path = self._paths(qid)
         orig_path.parent.mkdir(parents=True, exist_ok=True)
         chunks: Iterable[bytes] = (original,) if isinstance(original, bytes) else original
@@ -286,13 +304,19 @@ class QuarantineStore:
         self.audit.append("quarantine.put", **fields)
 
     def _atomic_write(self, path: Path, fill: Callable[[IO[bytes]], object]) -> None:
+        """Temp file, fsync, then link (not rename) into place: an existing file is never
+        replaced (QuarantineIdInUse), then the directory fsync'd."""
         tmp = path.with_name(f".tmp-{path.name}-{secrets.token_hex(4)}")
         try:
             with open(tmp, "xb") as f:
                 fill(f)
                 f.flush()
                 os.fsync(f.fileno())
-            os.rename(tmp, path)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise QuarantineIdInUse(f"quarantine id in use: {path.name}") from None
+            tmp.unlink()
             fsync_dir(path.parent)
         except OSError as e:
             with contextlib.suppress(OSError):
