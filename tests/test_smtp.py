@@ -8,7 +8,7 @@ import itertools
 from collections.abc import Sequence
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.smtp import (
@@ -470,6 +470,41 @@ def test_map_rewrite_skips_stuffed_dots_and_keeps_framing() -> None:
         omap.map_rewrite(11, b"ghi", b".hi")  # a new dot at a line start
     with pytest.raises(RewriteError):
         omap.map_rewrite(0, b"ab", b"abc")
+
+
+def _framing_reference(old: bytes, new: bytes) -> str | None:
+    """The per-byte rule map_rewrite enforces (its first implementation), as the oracle."""
+    for p, (a, b) in enumerate(zip(old, new, strict=True)):
+        if (a in (0x0D, 0x0A) or b in (0x0D, 0x0A)) and a != b:
+            return f"rewrite changes a line ending at content offset {10 + p}"
+        if b == 0x2E and a != 0x2E and (p == 0 or old[p - 1] == 0x0A):
+            return f"rewrite puts a '.' at a line start at content offset {10 + p}"
+    return None
+
+
+_FRAMING_BYTES = st.sampled_from([b"a", b".", b"\r", b"\n", b"\r\n", b"\n."])
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.tuples(_FRAMING_BYTES, _FRAMING_BYTES, st.integers(0, 3)), max_size=30), st.integers(0, 3))
+@example([(b"a", b"a", 1), (b"\n", b"\n", 1), (b"a", b".", 0)], 0)  # a new dot after an LF
+@example([(b"a", b".", 0), (b"\r\n", b"\r\n", 1)], 0)  # a new dot at the start
+@example([(b"a", b"a", 1), (b"\r", b"\n", 0)], 0)  # a moved line ending
+def test_map_rewrite_framing_check_matches_the_per_byte_rule(tokens: list[tuple[bytes, bytes, int]], cut: int) -> None:
+    """The bulk check (translate + find) accepts and refuses exactly what the per-byte loop did,
+    with the same message (the offset of the first offending byte). Most tokens stay as they
+    are (a rewrite changes a few places), so every kind of violation gets to be the first one."""
+    old = b"".join(a for a, _, _ in tokens)
+    new = b"".join(b[: len(a)].ljust(len(a), b"x") if change == 0 else a for a, b, change in tokens)
+    old, new = old[cut:], new[cut:]
+    want = _framing_reference(old, new)
+    if want is None:
+        pieces = OffsetMap(100).map_rewrite(10, old, new)
+        assert b"".join(d for _, d in pieces) == new
+    else:
+        with pytest.raises(RewriteError) as exc:
+            OffsetMap(100).map_rewrite(10, old, new)
+        assert str(exc.value) == want
 
 
 # --- fuzz ----------------------------------------------------------------------------------------
