@@ -20,6 +20,7 @@ import builtins
 import contextlib
 import datetime as _dt
 import errno
+import fcntl
 import getpass
 import hashlib
 import json
@@ -142,6 +143,15 @@ class QuarantineEntry:
             expires=d["expires"],
             extra=extra,
         )
+
+
+@dataclass
+class PurgeReport:
+    dry_run: bool = False
+    purged: list[str] = field(default_factory=list)  # ids removed (dry run: that would be)
+    bytes: int = 0  # their content size
+    kept_young: int = 0  # younger than the limit (or not yet expired)
+    kept_held: int = 0  # old enough but still in their review hold (hold_until)
 
 
 @dataclass
@@ -488,26 +498,87 @@ class QuarantineStore:
     def purge(self, now: float | None = None, *, audit_retention_days: int | None = None) -> builtins.list[str]:
         """Remove entries past `expires` (never before `hold_until`), each logged; clean temp
         files; apply the audit log's own retention. Returns the removed ids."""
+        return self.purge_report(now, audit_retention_days=audit_retention_days).purged
+
+    def purge_report(
+        self,
+        now: float | None = None,
+        *,
+        older_than_days: float | None = None,
+        limit_for: Callable[[QuarantineEntry], float | None] | None = None,
+        dry_run: bool = False,
+        audit_retention_days: int | None = None,
+    ) -> PurgeReport:
+        """Remove what retention allows; returns what was (dry_run: would be) removed and kept.
+
+        Which entries: with `older_than_days` (or `limit_for(entry)`, days, e.g. the entry's
+        profile's `original_retention_days`; None = no age limit for it) those at least that old;
+        without, those past `expires`. Never an entry younger than its limit, never one before
+        its `hold_until` (review hold). Each removal is atomic: the metadata is renamed to a temp
+        name (the entry leaves every listing at once; a concurrent purge loses the race and skips
+        it), the content unlinked, the directory fsync'd, one `quarantine.purge` audit record
+        written; then one `quarantine.purge_run` record with the counts. Runs are serialized by a
+        lock file. dry_run changes nothing and writes no record.
+        """
         now = self._clock() if now is None else now
-        removed = []
-        for e in self.list():
-            if now < parse_iso(e.expires) or now < parse_iso(e.hold_until):
-                continue
-            orig_path, meta_path = self._paths(e.id)
-            # metadata first: an entry disappears from listings before its content does
-            meta_path.unlink(missing_ok=True)
-            orig_path.unlink(missing_ok=True)
-            fsync_dir(meta_path.parent)
-            self.audit.append("quarantine.purge", id=e.id, sha256=e.sha256, size=e.size, reason="expired")
-            self._account(-1, -e.size)
-            removed.append(e.id)
-        self.recover(temp_grace=TEMP_GRACE_S)  # real time: a simulated `now` must not eat live temp files
-        self._remove_empty_dirs()
-        if audit_retention_days is not None:
-            self.audit.purge(now, audit_retention_days)
-        else:
-            self.audit.purge(now)
-        return removed
+        rep = PurgeReport(dry_run=dry_run)
+        with self._purge_lock():
+            for e in self.list():
+                age_days = (now - parse_iso(e.created)) / 86400
+                limit = older_than_days if older_than_days is not None else (limit_for(e) if limit_for else None)
+                if (limit is not None and age_days < limit) or (limit is None and now < parse_iso(e.expires)):
+                    rep.kept_young += 1
+                    continue
+                if now < parse_iso(e.hold_until):
+                    rep.kept_held += 1
+                    continue
+                if not dry_run and not self._remove_entry(e, "expired" if limit is None else "older_than", limit):
+                    continue
+                rep.purged.append(e.id)
+                rep.bytes += e.size
+            if dry_run:
+                return rep
+            self.recover(temp_grace=TEMP_GRACE_S)  # real time: a simulated `now` must not eat live temp files
+            self._remove_empty_dirs()
+            if audit_retention_days is not None:
+                self.audit.purge(now, audit_retention_days)
+            else:
+                self.audit.purge(now)
+            self.audit.append(
+                "quarantine.purge_run",
+                purged=len(rep.purged),
+                bytes=rep.bytes,
+                kept_young=rep.kept_young,
+                kept_held=rep.kept_held,
+                older_than_days=older_than_days,
+            )
+        return rep
+
+    def _remove_entry(self, e: QuarantineEntry, reason: str, limit: float | None) -> bool:
+        orig_path, meta_path = self._paths(e.id)
+        gone = meta_path.with_name(f".tmp-purge-{e.id}-{secrets.token_hex(4)}")
+        try:
+            os.rename(meta_path, gone)  # atomic: listed before, not after
+        except FileNotFoundError:
+            return False  # another purge took it
+        orig_path.unlink(missing_ok=True)
+        gone.unlink(missing_ok=True)
+        fsync_dir(meta_path.parent)
+        fields: dict[str, Any] = {"id": e.id, "sha256": e.sha256, "size": e.size, "reason": reason}
+        if limit is not None:
+            fields["older_than_days"] = limit
+        self.audit.append("quarantine.purge", **fields)
+        self._account(-1, -e.size)
+        return True
+
+    @contextlib.contextmanager
+    def _purge_lock(self) -> Iterator[None]:
+        fd = os.open(self.root / ".purge.lock", os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def _remove_empty_dirs(self) -> None:
         for d in sorted(self.root.glob("[0-9][0-9][0-9][0-9]/[0-9][0-9]/[0-9][0-9]"), reverse=True):

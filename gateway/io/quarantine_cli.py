@@ -94,13 +94,78 @@ def _fill(p: argparse.ArgumentParser) -> None:
             help="allow requester == approver (one-administrator sites); recorded in the audit log",
         )
 
-    s = sub.add_parser("purge", help="remove entries past their download window, old audit files, stale temp files")
+    s = sub.add_parser(
+        "purge",
+        help="remove entries past their retention (default: their download window), old audit files, stale temp files",
+    )
+    s.add_argument(
+        "--older-than",
+        type=_days,
+        metavar="DAYS",
+        help="remove entries at least DAYS old (never younger ones, never one in its review hold)",
+    )
+    s.add_argument(
+        "--config",
+        type=Path,
+        help="gateway config: each entry's limit is its profile's original_retention_days (when set)",
+    )
+    s.add_argument("--dry-run", action="store_true", help="list what would be removed; change nothing")
     s.add_argument("--now", type=parse_when, help="pretend it is this time (testing a policy)")
 
     sub.add_parser("recover", help="after a crash: clean temp files, audit entries the crash left unaudited")
 
     s = sub.add_parser("verify", help="check every entry's SHA-256 and metadata and the audit hash chain")
     s.add_argument("--json", action="store_true")
+
+
+def _days(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        v = -1.0
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"not a number of days: {s!r}")
+    return v
+
+
+def retention_days(config: Path) -> dict[str, float]:
+    """{profile name: original_retention_days} of the config's mail profiles that set it."""
+    from gateway.inspect.replay import mail_profiles
+    from gateway.policy.loader import load_policy
+
+    out: dict[str, float] = {}
+    for name, prof in mail_profiles(load_policy(config).compiled).items():
+        days = getattr(prof, "original_retention_days", None)
+        if days is not None:
+            out[name] = float(days)
+    return out
+
+
+def _purge(store: QuarantineStore, args: argparse.Namespace) -> int:
+    limits: dict[str, float] = {}
+    if args.config is not None and args.older_than is None:
+        from gateway.policy.errors import ConfigError
+
+        try:
+            limits = retention_days(args.config)
+        except ConfigError as e:
+            print(f"quarantine: {e}", file=sys.stderr)
+            return 2
+    rep = store.purge_report(
+        args.now,
+        older_than_days=args.older_than,
+        limit_for=(lambda e: limits.get(e.meta.flow.profile or "")) if limits else None,
+        dry_run=args.dry_run,
+    )
+    verb = "would-purge" if args.dry_run else "purged"
+    for qid in rep.purged:
+        print(f"{verb} {qid}")
+    print(
+        f"{len(rep.purged)} entries {'would be ' if args.dry_run else ''}purged ({rep.bytes} bytes); kept: "
+        f"{rep.kept_young} younger than their limit, {rep.kept_held} in their review hold",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def _row(e: QuarantineEntry) -> str:
@@ -184,11 +249,7 @@ def _dispatch(store: QuarantineStore, args: argparse.Namespace) -> int:
         print(f"released {args.id} -> {rec['out']} (sha256 {rec['sha256']}, audit seq {rec['seq']})")
         return 0
     if args.qaction == "purge":
-        removed = store.purge(args.now)
-        for qid in removed:
-            print(f"purged {qid}")
-        print(f"{len(removed)} entries purged", file=sys.stderr)
-        return 0
+        return _purge(store, args)
     if args.qaction == "recover":
         res = store.recover()
         print(_dump(res))
