@@ -65,6 +65,8 @@ ctypedef struct CPacket:
     int32_t type          # PT_PLAIN / PT_ECHO / PT_ERROR
     Py_ssize_t inner_off  # ICMP error: where the quoted packet starts and ends
     Py_ssize_t inner_end
+    Py_ssize_t l4         # transport header start and end (the first packet's flow tag reads there)
+    Py_ssize_t l4_end
 
 
 # One flow. Slots are linked three ways by index (int32, -1 = none): hash chain, LRU list, free list

@@ -52,6 +52,9 @@ cdef extern from *:
 
 # Kept as C constants (mirrors of gateway.fastpath.common) so the hot path never looks up a name.
 cdef enum:
+    FLOW_TAG_BYTES = 64  # common.FLOW_TAG_BYTES
+
+cdef enum:
     DROP = 0
     ACCEPT = 1
     INSPECT = 2
@@ -179,8 +182,8 @@ cdef inline uint64_t fnv_bytes(uint64_t h, uint64_t v, int nbytes) noexcept nogi
 
 
 cdef inline uint64_t flow_id_c(uint64_t a_hi, uint64_t a_lo, uint64_t b_hi, uint64_t b_lo,
-                               uint32_t pa, uint32_t pb, uint32_t proto, int64_t start_us) noexcept nogil:
-    # common.flow_id_for over the same byte layout: a(16) b(16) pa(2) pb(2) proto(1) start(8, signed)
+                               uint32_t pa, uint32_t pb, uint32_t proto, uint64_t tag) noexcept nogil:
+    # common.flow_id_for over the same byte layout: a(16) b(16) pa(2) pb(2) proto(1) tag(8)
     cdef uint64_t h = LG_FNV_OFFSET
     h = fnv_bytes(h, a_hi, 8)
     h = fnv_bytes(h, a_lo, 8)
@@ -189,8 +192,29 @@ cdef inline uint64_t flow_id_c(uint64_t a_hi, uint64_t a_lo, uint64_t b_hi, uint
     h = fnv_bytes(h, pa, 2)
     h = fnv_bytes(h, pb, 2)
     h = fnv_bytes(h, proto, 1)
-    h = fnv_bytes(h, <uint64_t>start_us, 8)  # two's complement == to_bytes(signed=True)
+    h = fnv_bytes(h, tag, 8)
     return h & LG_FLOW_ID_MASK
+
+
+cdef inline uint64_t flow_tag_c(const uint8_t* data, CPacket* p) noexcept nogil:
+    # common.flow_tag: TCP -> the ISN; else FNV-1a 64 over <= FLOW_TAG_BYTES transport payload bytes
+    cdef Py_ssize_t start, stop, i
+    cdef uint64_t h = LG_FNV_OFFSET
+    if p.proto == 6:
+        return (<uint64_t>be16(data + p.l4 + 4) << 16) | be16(data + p.l4 + 6)
+    if p.proto == 17:
+        start = p.l4 + 8
+    elif (p.proto == 1 and p.family == 4) or (p.proto == 58 and p.family == 6):
+        start = p.l4 + 4
+    else:
+        start = p.l4
+    stop = start + FLOW_TAG_BYTES
+    if stop > p.l4_end:
+        stop = p.l4_end
+    for i in range(start, stop):
+        h ^= data[i]
+        h *= LG_FNV_PRIME
+    return h
 
 
 cdef inline uint64_t mix64(uint64_t x) noexcept nogil:
@@ -323,6 +347,8 @@ cdef int parse_ip(const uint8_t* data, Py_ssize_t off, Py_ssize_t end, int max_e
         return ST_MALFORMED
 
     l4len = l4_end - l4
+    p.l4 = l4
+    p.l4_end = l4_end
     if p.proto == 6:
         if quoted:
             if l4len < 4:
@@ -1138,7 +1164,7 @@ cdef class Engine:
         if p.proto == 1 or p.proto == 58:
             f.first_type = p.sport
             f.first_code = p.dport
-        f.flow_id = flow_id_c(a_hi, a_lo, b_hi, b_lo, pa, pb, p.proto, ts)
+        f.flow_id = flow_id_c(a_hi, a_lo, b_hi, b_lo, pa, pb, p.proto, flow_tag_c(data, &p))
         self._counters[C_FLOWS_CREATED] += 1
         self._set(d, verdict, R_RULE, rule, sz, dz, f.flow_id)
         self._event(EV_FLOW, ts, f.flow_id, p.family, p.src_hi, p.src_lo, p.dst_hi, p.dst_lo, p.sport, p.dport,

@@ -27,6 +27,7 @@ from gateway.fastpath.common import (
     ACT_ALLOW,
     ACT_DENY,
     ACT_INSPECT,
+    EV_FLOW,
     LINKTYPE_ETHERNET,
     LINKTYPE_IPV4,
     LINKTYPE_IPV6,
@@ -39,6 +40,7 @@ from gateway.fastpath.common import (
     RuleSpec,
     ZoneSpec,
     flow_id_for,
+    fnv1a64,
     net_to_prefix,
 )
 
@@ -521,12 +523,44 @@ def test_scan_pcap_records_agrees(
 # --- fixed points ----------------------------------------------------------------------------------
 
 
-def test_flow_id_matches_common() -> None:
-    eng = fast.Engine(POLICIES[0])
-    src, dst = "198.18.1.2", "198.18.2.1"
-    d = eng.decide(ipv4(src, dst, 6, tcp(40000, 80, 0x02)), -123_456)  # negative: signed encoding
-    a, b = net_to_prefix(src + "/32")[0], net_to_prefix(dst + "/32")[0]  # source sorts first: side A
-    assert d.flow_id == flow_id_for(a, b, 40000, 80, 6, -123_456)
+def _tagged_tcp(seq: int) -> bytes:
+    return struct.pack("!HHIIBBHHH", 40000, 80, seq, 0, 5 << 4, 0x02, 1024, 0, 0)
+
+
+V4_A, V4_B = "198.18.1.2", "198.18.2.1"
+TAG_CASES = [
+    # (packet, ports of the canonical key (side A = the smaller address), the tag common.flow_tag
+    # must give: the TCP ISN, else FNV-1a over at most 64 transport payload bytes)
+    (ipv4(V4_A, V4_B, 6, _tagged_tcp(0xDEADBEEF)), (40000, 80), 0xDEADBEEF),
+    (ipv4(V4_A, V4_B, 17, udp(1000, 53, bytes(range(100)))), (1000, 53), fnv1a64(bytes(range(64)))),
+    (ipv4(V4_A, V4_B, 17, udp(1000, 53, b"q")), (1000, 53), fnv1a64(b"q")),
+    (ipv4(V4_A, V4_B, 17, udp(1000, 53)), (1000, 53), fnv1a64(b"")),
+    (ipv4(V4_A, V4_B, 1, icmp(8, 0, b"\x00\x07\x00\x01ping")), (7, 7), fnv1a64(b"\x00\x07\x00\x01ping")),
+    (
+        ipv6("2001:db8:1::1", "2001:db8:2::1", 58, icmp(128, 0, b"\x00\x09\x00\x01"), ext=[(0, bytes(7))]),
+        (9, 9),
+        fnv1a64(b"\x00\x09\x00\x01"),
+    ),
+    (ipv4(V4_B, V4_A, 47, b"\x00\x00\x08\x00gre"), (0, 0), fnv1a64(b"\x00\x00\x08\x00gre")),
+]
+
+
+@pytest.mark.parametrize(("packet", "ports", "tag"), TAG_CASES)
+def test_flow_id_is_the_key_and_the_first_packets_tag_not_its_time(
+    packet: bytes, ports: tuple[int, int], tag: int
+) -> None:
+    """Both engines: flow_id = common.flow_id_for(key, flow_tag) whatever the packet's timestamp
+    (a live daemon and a replay of its capture stamp packets with different clocks)."""
+    ref = reference.Engine(POLICIES[0])
+    ref.decide(packet, 1_000)
+    (ev,) = ref.pop_events()
+    assert ev.kind == EV_FLOW
+    a, b = sorted((ev.src, ev.dst))
+    assert ev.flow_id == flow_id_for(a, b, *ports, ev.proto, tag)
+    for impl in (reference, fast):
+        for ts in (-123_456, 0, 1_700_000_000_000_000):
+            d = impl.Engine(POLICIES[0]).decide(packet, ts)
+            assert d.flow_id == ev.flow_id, (impl, ts)
 
 
 def test_thousands_of_flows_agree() -> None:

@@ -235,10 +235,37 @@ def fnv1a64(data: bytes) -> int:
     return h
 
 
-def flow_id_for(a: int, b: int, pa: int, pb: int, proto: int, start_us: int) -> int:
-    """Deterministic flow id from the canonical key and the flow's first timestamp.
+FLOW_TAG_BYTES = 64  # bytes of a non-TCP first packet's transport payload that go into its tag
 
-    Deterministic so that live mode and replay of a capture of it give the same ids.
+
+def flow_tag(data: bytes | memoryview, l4: int, l4_end: int, proto: int, family: int) -> int:
+    """What tells a flow apart from earlier flows with the same key: taken from its first packet's
+    transport bytes, never from a clock (live and replay of a capture must agree, and the capture's
+    clock is not the queue's: docs/operations.md, 'Live events and replay').
+
+    - TCP: the SYN's sequence number (the ISN, random per connection);
+    - otherwise FNV-1a 64 over at most FLOW_TAG_BYTES bytes from the transport payload: after the
+      8-byte UDP header, after type/code/checksum of ICMP (in its own family: identifier, sequence,
+      data), from the transport header for any other protocol.
+
+    Only bytes that forwarding leaves alone: not the IP header (TTL, its checksum) and not the UDP or
+    ICMP checksum (a packet with checksum offload may carry a partial one).
+    """
+    if proto == PROTO_TCP:
+        return int.from_bytes(data[l4 + 4 : l4 + 8], "big")
+    if proto == PROTO_UDP:
+        start = l4 + 8
+    elif (proto == PROTO_ICMP and family == 4) or (proto == PROTO_ICMPV6 and family == 6):
+        start = l4 + 4
+    else:
+        start = l4
+    return fnv1a64(bytes(data[start : min(l4_end, start + FLOW_TAG_BYTES)]))
+
+
+def flow_id_for(a: int, b: int, pa: int, pb: int, proto: int, tag: int) -> int:
+    """Deterministic flow id from the canonical key and the first packet's `flow_tag`.
+
+    No timestamp goes in: live mode and replay of a capture of it give the same ids.
     """
     data = (
         a.to_bytes(16, "big")
@@ -246,7 +273,7 @@ def flow_id_for(a: int, b: int, pa: int, pb: int, proto: int, start_us: int) -> 
         + pa.to_bytes(2, "big")
         + pb.to_bytes(2, "big")
         + proto.to_bytes(1, "big")
-        + start_us.to_bytes(8, "big", signed=True)
+        + tag.to_bytes(8, "big")
     )
     return fnv1a64(data) & FLOW_ID_MASK
 

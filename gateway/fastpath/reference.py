@@ -56,6 +56,7 @@ from gateway.fastpath.common import (
     Limits,
     RawEvent,
     flow_id_for,
+    flow_tag,
 )
 
 Buffer = bytes | bytearray | memoryview
@@ -99,6 +100,8 @@ class Parsed:
         "icmp_id",
         "inner_end",
         "inner_off",
+        "l4",
+        "l4_end",
         "proto",
         "sport",
         "src",
@@ -117,6 +120,8 @@ class Parsed:
         self.type = 0  # 0 plain, 1 ICMP echo, 2 ICMP error
         self.inner_off = 0  # ICMP error: where the quoted packet starts and ends
         self.inner_end = 0
+        self.l4 = 0  # transport header start and end (the first packet's flow_tag reads there)
+        self.l4_end = 0
 
 
 class Flow:
@@ -242,6 +247,8 @@ def _parse_ip(buf: Buffer, off: int, end: int, max_ext: int, p: Parsed, quoted: 
         return P_MALFORMED
 
     l4len = l4_end - l4
+    p.l4 = l4
+    p.l4_end = l4_end
     proto = p.proto
     if proto == PROTO_TCP:
         if quoted:
@@ -536,7 +543,8 @@ class Engine:
         flow.generation = self._generation
         if p.proto in (PROTO_ICMP, PROTO_ICMPV6):
             flow.first_type, flow.first_code = p.sport, p.dport
-        flow.flow_id = flow_id_for(key[0], key[1], key[2], key[3], key[4], ts_us)
+        tag = flow_tag(data, p.l4, p.l4_end, proto, p.family)  # from the packet's bytes, not the clock
+        flow.flow_id = flow_id_for(key[0], key[1], key[2], key[3], key[4], tag)
         if len(self._flows) >= self._limits.max_flows:
             self._flows.popitem(last=False)
             self._counters["flows_evicted"] += 1

@@ -245,7 +245,7 @@ class _Conn:
             ((a, tcp.sport), (b, tcp.dport)) if (a, tcp.sport) <= (b, tcp.dport) else ((b, tcp.dport), (a, tcp.sport))
         )
         self.flow = FlowInfo(
-            flow_id=flow_id_for(ka[0], kb[0], ka[1], kb[1], 6, ts_us),
+            flow_id=flow_id_for(ka[0], kb[0], ka[1], kb[1], 6, tcp.seq),  # the SYN: tag = ISN (common.flow_tag)
             src_ip=tcp.src_text,
             src_port=tcp.sport,
             dest_ip=tcp.dst_text,
