@@ -3,7 +3,7 @@
 # The netlink socket is driven directly (recvmmsg for batched reads, one sendmsg for all the
 # verdicts of a batch); libnetfilter_queue's libmnl-based helpers build and parse the messages.
 
-from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t
+from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 
 cdef extern from "<sys/socket.h>" nogil:
@@ -99,6 +99,9 @@ cdef extern from "<libnetfilter_queue/libnetfilter_queue.h>" nogil:
         uint32_t packet_id
         uint16_t hw_protocol
         uint8_t hook
+    struct nfqnl_msg_packet_timestamp:  # both fields big-endian
+        uint64_t sec
+        uint64_t usec
     enum:
         NFQNL_MSG_PACKET
         NFQNL_MSG_VERDICT
@@ -113,6 +116,7 @@ cdef extern from "<libnetfilter_queue/libnetfilter_queue.h>" nogil:
         NFQA_PAYLOAD
         NFQA_CAP_LEN
         NFQA_SKB_INFO
+        NFQA_TIMESTAMP
         NFQA_MAX
         NFQA_CFG_MASK
         NFQA_CFG_FLAGS
@@ -127,6 +131,10 @@ cdef extern from "<libnetfilter_queue/libnetfilter_queue.h>" nogil:
     void nfq_nlmsg_verdict_put_mark(nlmsghdr* nlh, uint32_t mark)
     void nfq_nlmsg_verdict_put_pkt(nlmsghdr* nlh, const void* pkt, uint32_t pktlen)
     int nfq_nlmsg_parse(const nlmsghdr* nlh, nlattr** attr)
+
+
+cdef extern from "<endian.h>" nogil:
+    uint64_t be64toh(uint64_t)
 
 
 cdef extern from "<linux/netfilter.h>" nogil:

@@ -14,6 +14,9 @@ fail-open) and it sends one verdict per syscall. Here:
 - every packet gets exactly one verdict, also when the decision callable raises.
 
 Per packet: `decide(payload: bytes, ts_us, in_if, out_if) -> Decision` (the engine's method).
+`ts_us` is the kernel's receive timestamp of the packet (NFQA_TIMESTAMP) when it sent one, else
+one CLOCK_REALTIME reading per batch. The kernel sends one only for packets that carry a receive
+timestamp, i.e. while some socket on the machine has asked for timestamps (docs/operations.md).
 ACCEPT of a flow (reason rule/flow) sets the offload mark in the gateway's mark bits; INSPECT goes
 to the `inspect` hook, or is dropped and counted as `inspect_unavailable` while none exists.
 
@@ -90,7 +93,7 @@ cdef class Queue:
     cdef uint64_t c_packets, c_batches, c_truncated, c_inspect_unavailable, c_fragment_dropped
     cdef uint64_t c_offload_marked, c_gso, c_enobufs, c_netlink_errors, c_parse_errors
     cdef uint64_t c_decide_errors, c_verdict_errors, c_startup_dropped, c_accepted, c_dropped, c_max_len
-    cdef uint64_t c_inspect_rewritten, c_verdict_unknown
+    cdef uint64_t c_inspect_rewritten, c_verdict_unknown, c_kernel_ts
     cdef uint64_t c_by_vr[N_VERDICTS][N_REASONS]
     cdef uint64_t lat_buckets[N_BUCKETS]
     cdef int64_t lat_bounds[N_BUCKETS]
@@ -365,6 +368,7 @@ cdef class Queue:
         cdef int64_t t0, dt
         cdef char* payload
         cdef object d
+        cdef nfqnl_msg_packet_timestamp* kts
         memset(attr, 0, sizeof(attr))
         if nfq_nlmsg_parse(m, attr) < 0 or attr[NFQA_PACKET_HDR] == NULL:
             self.c_parse_errors += 1  # no packet id: nothing can be verdicted (kernel keeps it)
@@ -375,6 +379,10 @@ cdef class Queue:
             mark = attr_u32(attr[NFQA_MARK])
         if attr[NFQA_SKB_INFO] != NULL and attr_u32(attr[NFQA_SKB_INFO]) & NFQA_SKB_GSO:
             self.c_gso += 1
+        if attr[NFQA_TIMESTAMP] != NULL:
+            kts = <nfqnl_msg_packet_timestamp*>((<char*>attr[NFQA_TIMESTAMP]) + NLA_HDRLEN)
+            ts_us = <int64_t>be64toh(kts.sec) * 1000000 + <int64_t>be64toh(kts.usec)
+            self.c_kernel_ts += 1
         if attr[NFQA_PAYLOAD] == NULL:
             self.c_truncated += 1
             self._verdict(packet_id, NF_DROP, 0, False)
@@ -458,6 +466,7 @@ cdef class Queue:
             "inspect_held": len(self._deferred),
             "inspect_rewritten": self.c_inspect_rewritten,
             "verdict_unknown": self.c_verdict_unknown,
+            "kernel_timestamps": self.c_kernel_ts,
         }
 
     def by_verdict_reason(self):

@@ -119,6 +119,11 @@ class DaemonCollector:
 
             for name, key, doc in (
                 ("lgwan_gso_packets", "gso_packets", "Queued packets that were whole GSO/GRO super-packets"),
+                (
+                    "lgwan_kernel_timestamped_packets",
+                    "kernel_timestamps",
+                    "Queued packets decided with the kernel's receive timestamp (NFQA_TIMESTAMP), not the batch clock",
+                ),
                 ("lgwan_offload_marked_packets", "offload_marked", "Verdicts that carried the offload mark"),
                 ("lgwan_socket_overruns", "enobufs", "ENOBUFS on the queue socket (kernel dropped packets for us)"),
                 ("lgwan_verdict_errors", "verdict_errors", "Verdict messages the kernel did not take"),
