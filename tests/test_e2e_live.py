@@ -6,10 +6,9 @@
   taken in the gateway namespace on each zone bridge, inbound only (`tcpdump -Q in`), so every
   forwarded packet is captured exactly once, where the daemon sees it. "Equal" is a multiset of all
   events (flow, drop, anomaly, and the mail inspector's smtp/file events) compared on every field
-  except `timestamp` and `flow_id`: the daemon stamps a
-  packet with its own clock when it reads the batch, tcpdump with the capture clock, and flow_id
-  hashes the first packet's timestamp. A strict xfail test records that the ids differ today;
-  docs/operations.md ("Live events and replay") says why and what would make them equal.
+  except `timestamp`: the daemon stamps a packet with the batch clock (or the kernel's NFQA_TIMESTAMP),
+  tcpdump with the capture clock. Flow ids are equal too: they hash the flow key and a tag of the
+  first packet's bytes (TCP: the ISN), no clock (docs/operations.md, 'Live events and replay').
 - Killing the daemon (SIGKILL) in the lab blocks new flows in every zone pair; offloaded
   connections keep passing until a daemon runs again (documented in docs/operations.md); a new
   daemon in the same gateway namespace (what systemd's Restart=on-failure does) restores new flows
@@ -65,7 +64,7 @@ if _skip:
     pytestmark.append(pytest.mark.skip(reason=_skip))
 
 IPERF_PORT = 5201
-CLOCK_FIELDS = ("timestamp", "flow_id")  # the fields that depend on who read the clock
+CLOCK_FIELDS = ("timestamp",)  # the field that depends on who read the clock
 
 
 def _lab(prefix: str) -> Any:
@@ -288,15 +287,22 @@ def test_live_events_equal_replay_of_the_capture(live_run: LiveRun) -> None:
     assert sum(1 for e in live_run.live if e["event_type"] == "flow") >= len(cases_for(True))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the daemon stamps packets with its batch clock, not the kernel's (NFQA_TIMESTAMP): "
-    "flow ids differ from the capture's (docs/operations.md, 'Live events and replay')",
-)
 def test_live_flow_ids_equal_replay_of_the_capture(live_run: LiveRun) -> None:
-    live = collections.Counter(_key(e, ("timestamp",)) for e in live_run.live)
-    replayed = collections.Counter(_key(e, ("timestamp",)) for e in live_run.replayed)
+    # flow ids are the join key between flow, smtp and file events: the same flow has the same id
+    # live and replayed, and distinct flows have distinct ids
+    def ids(events: list[dict[str, Any]]) -> dict[int, set[tuple[Any, ...]]]:
+        out: dict[int, set[tuple[Any, ...]]] = collections.defaultdict(set)
+        for e in events:
+            if "flow_id" in e:
+                where = (e["src_ip"], e.get("src_port"), e["dest_ip"], e.get("dest_port"))
+                out[e["flow_id"]].add((e["event_type"], *where))
+        return out
+
+    live, replayed = ids(live_run.live), ids(live_run.replayed)
     assert live == replayed
+    flows = [e for e in live_run.live if e["event_type"] == "flow"]
+    assert len({e["flow_id"] for e in flows}) == len(flows)
+    assert {e["event_type"] for e in live_run.live if "flow_id" in e} >= {"flow", "smtp"}
 
 
 # --- killing the daemon -------------------------------------------------------------------------
@@ -342,9 +348,9 @@ def test_killed_daemon_blocks_the_lab_and_a_new_one_restores_it() -> None:
 
             # a new daemon in the same gateway namespace (systemd's Restart=on-failure does this): the
             # lab's own start path (NOTIFY_SOCKET, READY=1, recorded in lab.json so `down` ends it)
-            (lab.state_dir / "notify.sock").unlink(missing_ok=True)
-            lab._start_daemon()
-            assert lab.status()["daemon"]["running"]
+            new_pid = lab.restart_daemon()
+            daemon = lab.status()["daemon"]
+            assert daemon["running"] and daemon["pid"] == new_pid != pid
             results = run_probes(lab.prefix, probes, timeout=1.0)
             assert [r.probe for r in results if not r.passed] == []
             # it moved to a new mark generation and does not know the old connection: cut (no_flow)

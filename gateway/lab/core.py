@@ -366,10 +366,30 @@ class Lab:
                 raise LabError(f"servers not ready after {READY_TIMEOUT_S:.0f} s: {', '.join(sorted(ready))}")
             time.sleep(0.02)
 
+    def restart_daemon(self) -> int:
+        """Start the daemon again in the lab's gateway namespace, as systemd's Restart= would: the
+        running one (if any) is stopped first (SIGTERM, then SIGKILL). Returns once the new daemon
+        sent READY=1 (its queues bound, its rules in); the new PID is recorded in lab.json, so `down`
+        ends it. Also starts a daemon in a lab brought up without one."""
+        state = self.load() or self.state
+        if not state.complete or not netns.exists(self.namespace(GATEWAY)):
+            raise LabError(f"no lab is up with prefix {self.prefix!r}: run `lgwan-gateway lab up` first")
+        if not self.config.is_file():
+            raise LabError(f"policy file {self.config} not found")
+        old = state.processes.get("daemon")
+        if old is not None and old.alive():
+            self._stop_processes(LabState(prefix=self.prefix, processes={"daemon": old}))
+        self.state = state
+        self.state.daemon = True
+        self._start_daemon()
+        self._save()
+        return self.state.processes["daemon"].pid
+
     def _start_daemon(self) -> None:
         # The daemon speaks sd_notify (Type=notify): play systemd's NOTIFY_SOCKET and wait for READY=1,
         # which it sends once its queue is bound and its rules are in.
         sock_path = self.state_dir / "notify.sock"
+        sock_path.unlink(missing_ok=True)  # left by an earlier daemon start
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.bind(str(sock_path))
             # the quarantine the lab reports (`status`) is the one the daemon writes to, not the
