@@ -101,25 +101,19 @@ def parse_tcp(pkt: bytes) -> TcpPacket:
     )
 
 
-def _sum16(data: bytes) -> int:
+def _checksum(data: bytes) -> int:
+    """Internet checksum (RFC 1071) of `data`, as a big-endian 16-bit value.
+
+    The ones' complement sum of 16-bit words is the data read as one big-endian number modulo
+    0xFFFF (2**16 = 1 mod 0xFFFF), except that a nonzero sum is 0xFFFF where the remainder is 0:
+    one C-level conversion and division instead of a Python loop over the words."""
     if len(data) % 2:
         data += b"\x00"
-    s = sum(memoryview(data).cast("H"))  # native order; folded and swapped below
-    return s
-
-
-def _fold(s: int) -> int:
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
-
-
-def _checksum(data: bytes) -> int:
-    """Internet checksum of `data`, as a big-endian 16-bit value."""
-    s = _fold(_sum16(data))
-    s = ~s & 0xFFFF
-    # memoryview.cast("H") summed in native (little-endian on x86) order: swap back.
-    return ((s & 0xFF) << 8) | (s >> 8) if struct.pack("=H", 1) == b"\x01\x00" else s
+    n = int.from_bytes(data, "big")
+    s = n % 0xFFFF
+    if s == 0 and n:
+        s = 0xFFFF
+    return ~s & 0xFFFF
 
 
 def _pseudo(family: int, src: bytes, dst: bytes, length: int) -> bytes:

@@ -1,0 +1,125 @@
+"""The inspect path's bulk implementations against their per-byte/per-word references.
+
+- BodyFiller.fill cuts one stream slice along the line breaks: the same bytes as the per-run
+  definition, for any chunking and any mix of CRLF, bare CR and bare LF (a chunk may also end
+  between the CR and the LF of a CRLF);
+- the Internet checksum of gateway.inspect.packet is one big-integer remainder: the same value
+  as the RFC 1071 sum of 16-bit words, including the all-ones and all-zeros corner cases;
+- DataScanner's smuggling look-alike search runs the regex only around dots: the same findings
+  as one regex search loop over the whole DATA content, however it is chunked."""
+
+from __future__ import annotations
+
+import re
+import struct
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.inspect.packet import _checksum, build_tcp, parse_tcp, with_payload
+from gateway.inspect.rewrite import BodyFiller
+from gateway.smtp.data import _EXACT_END, _LOOKALIKE, DataScanner
+
+_NOT_EOL = re.compile(rb"[^\r\n]+")
+
+
+def reference_fill(f: BodyFiller, raw: bytes) -> bytes:
+    """The first implementation: every run of non-line-break bytes takes the next stream bytes."""
+    out = bytearray(raw)
+    for m in _NOT_EOL.finditer(raw):
+        a, b = m.span()
+        out[a:b] = f._stream(b - a)
+    return bytes(out)
+
+
+_BODY = st.lists(st.sampled_from([b"QUJD", b"x", b"\r\n", b"\r", b"\n", b"=\r\n", b"A" * 76 + b"\r\n"]), max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(["base64", "quoted-printable", "7bit"]),
+    _BODY.map(b"".join),
+    st.lists(st.integers(1, 40), max_size=20),
+)
+def test_fill_matches_the_per_run_reference(encoding: str, body: bytes, cuts: list[int]) -> None:
+    notice = "[lgwan-gateway] removed 請求書.exe. Ask your administrator.\r\n"
+    fast, ref = BodyFiller(encoding, notice), BodyFiller(encoding, notice)
+    pos = 0
+    for n in [*cuts, len(body)]:
+        chunk = body[pos : pos + n]
+        pos += len(chunk)
+        got = fast.fill(chunk)
+        assert got == reference_fill(ref, chunk)
+        assert len(got) == len(chunk)
+    assert fast.k == ref.k
+
+
+def test_fill_keeps_every_line_break_in_place() -> None:
+    f = BodyFiller("base64", "notice")
+    raw = b"AAAA\r\nBB\rCC\nDD\r\n\r\nEE\r"
+    got = f.fill(raw)
+    assert [i for i, b in enumerate(got) if b in b"\r\n"] == [i for i, b in enumerate(raw) if b in b"\r\n"]
+
+
+def reference_checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\x00"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=64), st.binary(min_size=1400, max_size=1500), st.sampled_from([b"\xff" * 6])))
+def test_checksum_matches_the_rfc1071_word_sum(data: bytes) -> None:
+    assert _checksum(data) == reference_checksum(data)
+
+
+def test_checksum_corner_cases() -> None:
+    for data in (b"", b"\x00\x00", b"\xff\xff", b"\xff", b"\xff\xfe\x00\x01", b"\x12\x34" * 40000):
+        assert _checksum(data) == reference_checksum(data), data
+
+
+def test_rewritten_packet_checksums_verify() -> None:
+    """A packet with a new payload sums to zero over pseudo header + segment (what a receiver checks)."""
+    src, dst = bytes([198, 19, 40, 25]), bytes([198, 18, 20, 25])
+    pkt = build_tcp(4, src, dst, 40000, 25, 1, 2, 0x18, b"hello world, odd!")
+    tcp = parse_tcp(pkt)
+    out = with_payload(pkt, tcp, b"HELLO WORLD, ODD?")
+    seg = out[20:]
+    pseudo = src + dst + struct.pack("!BBH", 0, 6, len(seg))
+    assert reference_checksum(pseudo + seg) == 0
+    assert reference_checksum(out[:20]) == 0
+
+
+_LOOK_TOKENS = st.sampled_from([b"\r\n", b"\n", b"\r", b".", b"\x00", b"a", b"\r\n.", b".\r\n", b"\n.\n"])
+
+
+def reference_lookalikes(raw: bytes) -> list[tuple[int, bytes]]:
+    """The first implementation: one regex search after the other over the whole content."""
+    window = b"\r\n" + raw
+    found, pos = [], 0
+    while (m := _LOOKALIKE.search(window, pos)) is not None:
+        text = m.group()
+        if m.end() == len(window) and text.endswith(b"\r"):
+            break
+        if text != _EXACT_END:
+            found.append((m.start() - 2, text))
+        pos = m.end()
+    return found
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_LOOK_TOKENS, max_size=40).map(b"".join), st.lists(st.integers(1, 12), max_size=12))
+def test_lookalikes_match_the_whole_content_regex_search(raw: bytes, cuts: list[int]) -> None:
+    """DataScanner's smuggling look-alike search (regex only around dots, chunk by chunk) finds
+    exactly what one regex search loop over the whole content finds."""
+    scanner = DataScanner(0)
+    got: list[tuple[int, bytes]] = []
+    pos = 0
+    for n in [*cuts, len(raw)]:
+        chunk = raw[pos : pos + n]
+        got += scanner._lookalikes(chunk, pos)
+        pos += len(chunk)
+    assert got == reference_lookalikes(raw)
