@@ -42,23 +42,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("lab_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=_lab)
 
-    # live daemon (gateway/daemon.py); the options mirror gateway.daemon.settings_for
+    # live daemon (gateway/daemon.py). Each option overrides the config's [daemon] key of the same
+    # name (gateway.daemon.settings_for); the defaults are the file's, then the daemon's.
     p = sub.add_parser("run", help="run the live gateway: NFQUEUE daemon with its iptables rules (root)")
     p.add_argument("--config", required=True, help="TOML policy file")
-    p.add_argument("--queue", type=int, help="first NFQUEUE number (default 0)")
-    p.add_argument("--workers", type=int, help="worker processes, one queue each (default 1)")
-    p.add_argument("--events", help="append the JSON-lines event log here ('-' for stdout)")
-    p.add_argument("--metrics-port", type=int, help="Prometheus port (default 9687, 0 = off)")
-    p.add_argument("--metrics-address", help="address of the metrics endpoint (default 127.0.0.1)")
-    p.add_argument("--no-offload", action="store_true", help="send every packet of every flow through the engine")
-    p.add_argument("--rules-check-interval", type=float, help="seconds between checks of the iptables rules (5)")
+    p.add_argument("--queue", type=int, help="first NFQUEUE number ([daemon] queue, default 0)")
+    p.add_argument("--workers", type=int, help="worker processes, one queue each ([daemon] workers, default 1)")
+    p.add_argument("--events", help="append the JSON-lines event log here, '-' for stdout ([daemon] events)")
+    p.add_argument("--metrics-port", type=int, help="Prometheus port, 0 = off ([daemon] metrics_port, default 9687)")
+    p.add_argument("--metrics-address", help="metrics address ([daemon] metrics_address, default 127.0.0.1)")
+    p.add_argument(
+        "--offload",
+        action=argparse.BooleanOptionalAction,
+        help="kernel offload of allowed flows; --no-offload: every packet through the engine ([daemon] offload)",
+    )
+    p.add_argument(
+        "--rules-check-interval", type=float, help="seconds between checks of the iptables rules ([daemon], 5)"
+    )
     p.set_defaults(func=_run)
 
     p = sub.add_parser("rules", help="print the iptables-restore input `run` installs, or --remove the rules")
     p.add_argument("--config", help="TOML policy file")
-    p.add_argument("--queue", type=int, help="first NFQUEUE number (default 0)")
-    p.add_argument("--workers", type=int, help="worker processes / queues (default 1)")
-    p.add_argument("--no-offload", action="store_true", help="the rules of `run --no-offload`")
+    p.add_argument("--queue", type=int, help="first NFQUEUE number ([daemon] queue, default 0)")
+    p.add_argument("--workers", type=int, help="worker processes / queues ([daemon] workers, default 1)")
+    p.add_argument("--offload", action=argparse.BooleanOptionalAction, help="the rules of `run --[no-]offload`")
     p.add_argument("--fresh", action="store_true", help="print for a host without lgwan-gateway rules")
     p.add_argument("--remove", action="store_true", help="remove the chains: forwarded traffic is then UNFILTERED")
     p.set_defaults(func=_rules)

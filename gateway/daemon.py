@@ -41,6 +41,7 @@ from gateway.fastpath.common import CompiledPolicy, Limits, RawEvent, format_eve
 from gateway.io import iptables as ipt
 from gateway.io.metrics import DEFAULT_ADDRESS, DEFAULT_PORT, DaemonView, WorkerSnapshot
 from gateway.io.sdnotify import Notifier
+from gateway.policy.model import DaemonSection, metrics_address_problem
 
 log = logging.getLogger("lgwan-gateway")
 
@@ -69,6 +70,8 @@ class Loaded(Protocol):
     def compiled(self) -> CompiledPolicy: ...
     @property
     def limits(self) -> Limits: ...
+    @property
+    def daemon(self) -> DaemonSection: ...
 
 
 Loader = Callable[[str, int], Loaded]
@@ -108,29 +111,73 @@ class Settings:
         )
 
 
-def settings_for(args: argparse.Namespace, policy: CompiledPolicy) -> Settings:
-    """Command-line options over the config's [gateway] settings over the defaults."""
-    extra: dict[str, Any] = dict(policy.extra)
+class SettingsError(ValueError):
+    """A command-line option the daemon cannot run with (the file's own errors are ConfigErrors)."""
 
-    def pick(opt: str, key: str, default: Any) -> Any:
-        value = getattr(args, opt, None)
-        if value is not None:
-            return value
-        return extra.get(key, default)
 
+# Settings a reload (SIGHUP) applies; every other one needs a restart (`RESTART_ONLY`): the queues,
+# the worker processes, the iptables layout they imply, the metrics socket and the engine's limits
+# are set up once at start. A reload never applies part of a change: the policy and the settings
+# below switch together, or (an error anywhere) nothing does.
+RELOADABLE = ("events", "check_interval")
+RESTART_ONLY = ("queue", "workers", "offload", "fail_open", "metrics_port", "metrics_address", "max_batch",
+                "queue_maxlen")  # fmt: skip
+
+
+def settings_for(args: argparse.Namespace, loaded: Loaded) -> Settings:
+    """Command-line options over the config's [daemon] section (whose defaults are the daemon's);
+    fail_mode comes from [gateway]. Raises SettingsError for a refused --metrics-address."""
+    d = loaded.daemon
+
+    def pick(opt: str, value: Any) -> Any:
+        given = getattr(args, opt, None)
+        return value if given is None else given
+
+    address = str(pick("metrics_address", d.metrics_address))
+    try:
+        problem = metrics_address_problem(address, d.metrics_allow_remote)
+    except ValueError:
+        raise SettingsError(f"--metrics-address {address!r} is not an IP address") from None
+    if problem is not None and int(pick("metrics_port", d.metrics_port)):
+        raise SettingsError(f"--metrics-address: {problem} (in the config's [daemon] section)")
     return Settings(
         config=args.config,
-        queue=int(pick("queue", "queue", 0)),
-        workers=int(pick("workers", "workers", 1)),
-        events=pick("events", "events", None),
-        metrics_port=int(pick("metrics_port", "metrics_port", DEFAULT_PORT)),
-        metrics_address=str(pick("metrics_address", "metrics_address", DEFAULT_ADDRESS)),
-        fail_open=extra.get("fail_mode", "closed") == "open",
-        offload=not getattr(args, "no_offload", False) and bool(extra.get("offload", True)),
+        queue=int(pick("queue", d.queue)),
+        workers=int(pick("workers", d.workers)),
+        events=pick("events", d.events),
+        metrics_port=int(pick("metrics_port", d.metrics_port)),
+        metrics_address=address,
+        fail_open=loaded.compiled.extra.get("fail_mode", "closed") == "open",
+        offload=bool(pick("offload", d.offload)),
         drop_invalid=not getattr(args, "keep_invalid", False),
         manage_rules=not getattr(args, "no_rules", False),
-        check_interval=float(pick("rules_check_interval", "rules_check_interval", 5.0)),
+        check_interval=float(pick("rules_check_interval", d.rules_check_interval)),
+        max_batch=d.max_batch,
+        queue_maxlen=d.queue_maxlen,
     )
+
+
+def restart_only_changes(running: Settings, wanted: Settings, limits: Limits, new_limits: Limits) -> list[str]:
+    """What a reload found changed but cannot apply: `key old -> new` per setting."""
+    out = [
+        f"{k} {getattr(running, k)!r} -> {getattr(wanted, k)!r}"
+        for k in RESTART_ONLY
+        if getattr(running, k) != getattr(wanted, k)
+    ]
+    if limits != new_limits:
+        out.append("[limits]")
+    return out
+
+
+def _check_writable(path: str | None) -> str | None:
+    """None if the event log `path` can be opened for appending (as the workers will), else why not."""
+    if path is None or path == "-":
+        return None
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640))
+    except OSError as exc:
+        return f"event log {path}: {exc.strerror}"
+    return None
 
 
 def engine_limits(limits: Limits, offload: bool) -> Limits:
@@ -154,11 +201,18 @@ class EventWriter:
         self._fd = -1
         self.reopen()
 
+    def switch(self, path: str | None) -> None:
+        """Write to another file from now on (None: no event log)."""
+        self.path = path
+        self.reopen()
+
     def reopen(self) -> None:
+        """Open the file again (after a rotation)."""
+        if self._fd > 2:
+            os.close(self._fd)
+        self._fd = -1
         if self.path is None:
             return
-        if self._fd >= 0 and self.path != "-":
-            os.close(self._fd)
         self._fd = 1 if self.path == "-" else os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
 
     def write(self, events: list[RawEvent], policy: CompiledPolicy) -> None:
@@ -307,7 +361,7 @@ def worker_main(
             while conn.poll():
                 msg = conn.recv()
                 if msg[0] == "policy":
-                    _, policy, mark_gen = msg
+                    _, policy, mark_gen, events_path = msg
                     engine.set_policy(policy)
                     if mail is not None:
                         mail.set_policy(policy)
@@ -315,7 +369,10 @@ def worker_main(
                         mail = _mail_inspector(q, policy, events)
                         q.inspect = mail.hook if mail is not None else None
                     q.offload_mark = ipt.offload_mark(mark_gen) if settings.offload else 0
-                    events.reopen()
+                    try:
+                        events.switch(events_path)
+                    except OSError as exc:  # checked by the supervisor first; the disk may still refuse
+                        log.error("worker %d: event log %s: %s", index, events_path, exc)
                     conn.send(("reloaded", index, policy.generation))
                 elif msg[0] == "stop":
                     stop = True
@@ -360,8 +417,11 @@ class Supervisor:
         loader: Loader = default_loader,
         iptables: ipt.Iptables | None = None,
         notifier: Notifier | None = None,
+        args: argparse.Namespace | None = None,
     ) -> None:
         self.settings = settings
+        # the command-line options: they keep overriding the file's [daemon] keys at every reload
+        self.args = args if args is not None else argparse.Namespace(config=settings.config)
         self.loader = loader
         self.policy = loaded.compiled
         self.limits = loaded.limits
@@ -561,24 +621,43 @@ class Supervisor:
             self.notify.ready(f"generation {self.generation} (last reload failed)")
             return False
         new_policy = loaded.compiled
-        if new_policy.extra.get("fail_mode", "closed") != ("open" if self.settings.fail_open else "closed"):
-            log.warning("fail_mode changed in the config: it takes effect at the next restart")
+        try:
+            wanted = settings_for(self.args, loaded)
+        except SettingsError as exc:
+            problem: str | None = str(exc)
+        else:
+            problem = _check_writable(wanted.events) if wanted.events != self.settings.events else None
+        if problem is not None:  # nothing of this file applies, the policy included
+            self.view.reloads_failed += 1
+            log.error("reload refused, keeping policy generation %d: %s", self.generation, problem)
+            self.notify.ready(f"generation {self.generation} (last reload failed)")
+            return False
+        pending = restart_only_changes(self.settings, wanted, self.limits, loaded.limits)
+        if pending:
+            log.warning(
+                "reload: %s changed; these apply at the next restart only (the running values stay): %s",
+                "a setting" if len(pending) == 1 else "settings",
+                ", ".join(pending),
+            )
+        self.view.restart_pending = bool(pending)
+        applied = dataclasses.replace(self.settings, **{k: getattr(wanted, k) for k in RELOADABLE})
         new_mark = ipt.next_generation(self.mark_gen)
         for w in self.workers.values():
-            w.conn.send(("policy", new_policy, new_mark))
+            w.conn.send(("policy", new_policy, new_mark, applied.events))
         deadline = time.monotonic() + RELOAD_TIMEOUT
-        pending = set(self.workers)
-        while pending and time.monotonic() < deadline:
-            for i in list(pending):
+        waiting = set(self.workers)
+        while waiting and time.monotonic() < deadline:
+            for i in list(waiting):
                 w = self.workers[i]
                 while w.conn.poll(0.01):
                     msg = w.conn.recv()
                     if msg[0] == "reloaded":
-                        pending.discard(i)
+                        waiting.discard(i)
                     else:
                         self._handle(w, msg)
-        if pending:
-            log.error("worker(s) %s did not take the new policy in time", sorted(pending))
+        if waiting:
+            log.error("worker(s) %s did not take the new policy in time", sorted(waiting))
+        self.settings = applied
         self.policy = new_policy
         self.generation = new_policy.generation
         self.mark_gen = new_mark
@@ -680,8 +759,12 @@ def run_command(args: argparse.Namespace, loader: Loader = default_loader) -> in
     loaded = _load_or_report(args.config, loader)
     if loaded is None:
         return 2
-    settings = settings_for(args, loaded.compiled)
-    return Supervisor(settings, loaded, loader).run()
+    try:
+        settings = settings_for(args, loaded)
+    except SettingsError as exc:
+        print(f"lgwan-gateway run: {exc}", file=sys.stderr)
+        return 2
+    return Supervisor(settings, loaded, loader, args=args).run()
 
 
 def rules_command(args: argparse.Namespace, loader: Loader = default_loader) -> int:
@@ -701,7 +784,11 @@ def rules_command(args: argparse.Namespace, loader: Loader = default_loader) -> 
     loaded = _load_or_report(args.config, loader)
     if loaded is None:
         return 2
-    settings = settings_for(args, loaded.compiled)
+    try:
+        settings = settings_for(args, loaded)
+    except SettingsError as exc:
+        print(f"lgwan-gateway rules: {exc}", file=sys.stderr)
+        return 2
     states: dict[int, ipt.State | None] = dict.fromkeys(ipt.FAMILIES)
     installed: int | None = None
     if not args.fresh:

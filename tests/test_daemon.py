@@ -124,9 +124,9 @@ def sh(*argv: str, check: bool = True, timeout: float = 20) -> subprocess.Comple
 class Lab:
     """client (198.18.1.10) -- gateway (198.18.1.254 | 198.18.2.254) -- server (198.18.2.20)."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, prefix: str = "lgw-t-") -> None:
         self.id = uuid.uuid4().hex[:6]
-        self.c, self.g, self.s = (f"lgw-t-{self.id}-{x}" for x in "cgs")
+        self.c, self.g, self.s = (f"{prefix}{self.id}-{x}" for x in "cgs")
         self.tmp = tmp
         self.procs: list[subprocess.Popen[str]] = []
         self.daemon: subprocess.Popen[str] | None = None
@@ -218,20 +218,23 @@ class Lab:
             assert wait_line in line, line
         return p
 
-    def write_policy(self, action: str = "allow", port: int = ALLOWED, broken: bool = False) -> None:
+    def write_policy(self, action: str = "allow", port: int = ALLOWED, broken: bool = False, daemon: str = "") -> None:
         text = POLICY.format(action=action, port=port)
         if broken:
             text += '\n[[rules]]\nid = "oops"\nfrom = "clients"\nto = "nowhere"\naction = "allow"\n'
+        if daemon:
+            text += "\n[daemon]\n" + daemon
         self.config.write_text(text)
 
-    def start(self, *extra: str, workers: int = 1, env_extra: dict[str, str] | None = None) -> None:
+    def start(self, *extra: str, workers: int | None = 1, env_extra: dict[str, str] | None = None) -> None:
+        """workers=None: no --workers option (the config file's [daemon] decides)."""
         sock_path = str(self.tmp / "notify.sock")
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(sock_path)
         self.notify.settimeout(15)
         env = dict(os.environ, NOTIFY_SOCKET=sock_path, PYTHONPATH=str(ROOT), **(env_extra or {}))
         argv = [PY, "-m", "gateway", "run", "--config", str(self.config), "--events", str(self.events)]
-        argv += ["--workers", str(workers), "--rules-check-interval", "0.5", *extra]
+        argv += [*(["--workers", str(workers)] if workers is not None else []), "--rules-check-interval", "0.5", *extra]
         logf = open(self.log, "w")  # noqa: SIM115 - closed with the process
         self.daemon = subprocess.Popen(["ip", "netns", "exec", self.g, *argv], stdout=logf, stderr=logf, env=env)
         assert self.next_notify() == ["READY=1", "STATUS=generation 1"], self.log.read_text()
@@ -247,12 +250,12 @@ class Lab:
         assert self.daemon is not None
         self.daemon.send_signal(sig)
 
-    def metrics(self) -> dict[str, float]:
+    def metrics(self, port: int = 9687) -> dict[str, float]:
         """The daemon's metrics, `name{labels}` -> value (after the workers' next report)."""
         time.sleep(0.7)
         code = (
             "import urllib.request;"
-            "print(urllib.request.urlopen('http://127.0.0.1:9687/metrics', timeout=5).read().decode())"
+            f"print(urllib.request.urlopen('http://127.0.0.1:{port}/metrics', timeout=5).read().decode())"
         )
         out = sh("ip", "netns", "exec", self.g, PY, "-c", code).stdout
         result: dict[str, float] = {}
@@ -445,6 +448,29 @@ def test_workers_keep_both_directions_together(tmp_path: Path) -> None:
         assert all(n > 0 for n in per_worker), per_worker  # 16 address pairs spread over both queues
         assert m.get('lgwan_packets_total{reason="no_flow",verdict="drop"}', 0) == 0
         assert m["lgwan_workers"] == 2
+    finally:
+        lab.down()
+
+
+def test_workers_from_the_config_file(tmp_path: Path) -> None:
+    # `workers = 2` in the file's [daemon] section (no --workers): two processes on two queues
+    lab = Lab(tmp_path, prefix="lgwd-")
+    try:
+        lab.up(client_addrs=4)
+        lab.write_policy(daemon="queue = 3\nworkers = 2\nmetrics_port = 9700\n")
+        lab.start(workers=None)
+        assert lab.daemon is not None
+        assert len(_worker_pids(lab.daemon.pid)) == 2
+        queues = sh("ip", "netns", "exec", lab.g, "cat", "/proc/net/netfilter/nfnetlink_queue").stdout
+        bound = {int(f[0]): int(f[1]) for f in (line.split() for line in queues.splitlines()) if f}
+        assert sorted(bound) == [3, 4] and all(bound.values()), queues  # both have a listener (port id)
+        assert "--queue-balance 3:4" in sh("ip", "netns", "exec", lab.g, "iptables", "-S", "LGWAN-FWD").stdout
+        assert all(lab.connect(ALLOWED, src=f"198.18.1.{10 + i}") for i in range(4))
+        m = lab.metrics(port=9700)  # the file's metrics_port
+        assert m["lgwan_workers"] == 2
+        assert {k for k in m if k.startswith("lgwan_worker_packets_total")} == {
+            f'lgwan_worker_packets_total{{queue="{q}",worker="{w}"}}' for w, q in ((0, 3), (1, 4))
+        }
     finally:
         lab.down()
 

@@ -5,21 +5,27 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
 import re
 import shutil
 import subprocess
 import sys
 from contextlib import redirect_stdout
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway import cli
-from gateway.daemon import EventWriter, engine_limits, rules_command, settings_for
+from gateway.daemon import EventWriter, SettingsError, Supervisor, engine_limits, rules_command, settings_for
 from gateway.fastpath import common
 from gateway.fastpath.common import CompiledPolicy, Limits, RawEvent, ZoneSpec, format_event
 from gateway.io.metrics import DaemonCollector, DaemonView, WorkerSnapshot, render_table
 from gateway.io.nfqueue import kernel_queue_stats
+from gateway.io.sdnotify import Notifier
+from gateway.lab import Lab
+from gateway.lab.netns import LabError
+from gateway.policy import ConfigError, load_policy, load_policy_text
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "lgwan-gateway.service"
@@ -41,13 +47,143 @@ def test_binding_constants_mirror_common() -> None:
     assert int(consts["R_RULE"]) == common.R_RULE and int(consts["R_FLOW"]) == common.R_FLOW
 
 
-def test_settings_precedence() -> None:
-    ns = argparse.Namespace(config="x.toml", queue=None, workers=3, events=None, metrics_port=None)
-    s = settings_for(ns, _policy(fail_mode="open", queue=7, workers=1))
-    assert (s.queue, s.workers, s.fail_open, s.offload, s.metrics_port) == (7, 3, True, True, 9687)
-    ns.no_offload = True
-    assert not settings_for(ns, _policy()).fail_open
-    assert not settings_for(ns, _policy()).offload
+# --- [daemon] settings ----------------------------------------------------------------------------
+
+POLICY_HEAD = """[gateway]
+name = "t"
+
+[[zones]]
+name = "a"
+tier = "lgwan"
+networks = ["198.18.1.0/24"]
+"""
+
+
+def _loaded(daemon: str, head: str = POLICY_HEAD) -> Any:
+    return load_policy_text(head + "\n[daemon]\n" + daemon, "p.toml")
+
+
+def _run_args(*argv: str) -> argparse.Namespace:
+    return cli.build_parser().parse_args(["run", "--config", "p.toml", *argv])
+
+
+def test_settings_come_from_the_file_and_options_override_them() -> None:
+    loaded = _loaded(
+        'queue = 7\nworkers = 2\noffload = false\nevents = "/var/log/x.jsonl"\nmetrics_port = 9700\n'
+        "rules_check_interval = 0.5\nmax_batch = 16\nqueue_maxlen = 100\n"
+    )
+    s = settings_for(_run_args(), loaded)
+    assert (s.queue, s.workers, s.offload, s.events, s.metrics_port, s.metrics_address) == (
+        7, 2, False, "/var/log/x.jsonl", 9700, "127.0.0.1",
+    )  # fmt: skip
+    assert (s.check_interval, s.max_batch, s.queue_maxlen, s.fail_open) == (0.5, 16, 100, False)
+    s = settings_for(_run_args("--workers", "3", "--offload", "--events", "-", "--metrics-port", "0"), loaded)
+    assert (s.queue, s.workers, s.offload, s.events, s.metrics_port) == (7, 3, True, "-", 0)
+    assert not settings_for(_run_args("--no-offload"), _loaded("")).offload
+    # no [daemon] section: the daemon's defaults
+    d = settings_for(_run_args(), load_policy_text(POLICY_HEAD, "p.toml"))
+    assert (d.queue, d.workers, d.offload, d.events, d.metrics_port, d.check_interval) == (0, 1, True, None, 9687, 5.0)
+    # `rules` prints what the file's settings install
+    rules = cli.build_parser().parse_args(["rules", "--config", "p.toml", "--workers", "4"])
+    assert settings_for(rules, loaded).rules_config(1).queue_num == 7
+    assert settings_for(rules, loaded).workers == 4
+
+
+def test_daemon_section_errors_name_file_and_line() -> None:
+    with pytest.raises(ConfigError) as err:
+        _loaded('workers = 0\nqeue = 1\nevents = "events.jsonl"\noffload = "yes"\nmetrics_port = 70000\n')
+    base = POLICY_HEAD.count("\n") + 2  # the [daemon] header's line
+    assert [str(e) for e in err.value.errors] == [
+        f"p.toml:{base + 1}: daemon.workers: must be greater than or equal to 1, got 0",
+        f'p.toml:{base + 2}: daemon: unknown key "qeue" (did you mean "queue"?)',
+        f"p.toml:{base + 3}: daemon.events: must be an absolute file path or \"-\" (stdout), got 'events.jsonl'",
+        f"p.toml:{base + 4}: daemon.offload: must be a valid boolean, got 'yes'",
+        f"p.toml:{base + 5}: daemon.metrics_port: must be less than or equal to 65535, got 70000",
+    ]
+    with pytest.raises(ConfigError) as err:
+        _loaded('queue = 65535\nworkers = 2\nmetrics_address = "198.18.1.254"\n')
+    (queues, address) = err.value.errors
+    assert queues.line == base + 2 and queues.message.startswith("daemon: queues 65535..65536 run past")
+    assert address.line == base + 3
+    assert address.message.startswith("daemon: metrics_address '198.18.1.254' is not a loopback address")
+    with pytest.raises(ConfigError, match=r"p.toml:\d+: daemon.metrics_address: 'localhost' is not an IP address"):
+        _loaded('metrics_address = "localhost"\n')
+    # no endpoint, no exposure: any address is fine with metrics_port = 0
+    assert _loaded('metrics_address = "198.18.1.254"\nmetrics_port = 0\n').daemon.metrics_port == 0
+
+
+def test_remote_metrics_need_the_explicit_switch() -> None:
+    loaded = _loaded('metrics_address = "::"\nmetrics_allow_remote = true\n')
+    assert loaded.daemon.metrics_address == "::"
+    assert any("warning: metrics_allow_remote" in n and "[::]" not in n for n in loaded.notes)
+    # a command-line address obeys the file's switch
+    with pytest.raises(SettingsError, match="not a loopback address"):
+        settings_for(_run_args("--metrics-address", "0.0.0.0"), _loaded(""))
+    with pytest.raises(SettingsError, match="not an IP address"):
+        settings_for(_run_args("--metrics-address", "gateway.local"), _loaded(""))
+    assert settings_for(_run_args("--metrics-address", "::1"), _loaded("")).metrics_address == "::1"
+    assert settings_for(_run_args("--metrics-address", "0.0.0.0"), loaded).metrics_address == "0.0.0.0"
+
+
+def test_run_refuses_a_remote_metrics_address_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text(POLICY_HEAD)
+    assert cli.main(["run", "--config", str(path), "--metrics-address", "198.18.1.254"]) == 2
+    assert "not a loopback address" in capsys.readouterr().err
+
+
+def _supervisor(path: Path, *argv: str) -> Supervisor:
+    args = cli.build_parser().parse_args(["run", "--config", str(path), *argv])
+    args.no_rules = True  # no iptables here: reload touches only the policy and the settings
+    loaded = load_policy(path)
+    return Supervisor(settings_for(args, loaded), loaded, args=args, notifier=Notifier({}))
+
+
+def test_reload_applies_reloadable_settings_and_keeps_restart_only_ones(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "p.toml"
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    path.write_text(POLICY_HEAD + f'[daemon]\nworkers = 1\nevents = "{first}"\n')
+    sup = _supervisor(path)
+    path.write_text(
+        POLICY_HEAD + f'[daemon]\nworkers = 2\nqueue = 4\nevents = "{second}"\nrules_check_interval = 1.5\n'
+        "[limits]\nmax_flows = 10\n"
+    )
+    with caplog.at_level(logging.WARNING, logger="lgwan-gateway"):
+        assert sup.reload()
+    assert (sup.generation, sup.settings.events, sup.settings.check_interval) == (2, str(second), 1.5)
+    assert (sup.settings.workers, sup.settings.queue) == (1, 0)  # restart-only: the running values stay
+    assert sup.view.restart_pending
+    assert "queue 0 -> 4, workers 1 -> 2, [limits]" in caplog.text
+    assert second.exists()  # the supervisor checked it can be opened before applying anything
+
+    # an event log that cannot be opened refuses the whole reload: the policy stays too
+    path.write_text(POLICY_HEAD + f'[daemon]\nevents = "{tmp_path}/missing-dir/x.jsonl"\nrules_check_interval = 9.0\n')
+    assert not sup.reload()
+    assert (sup.generation, sup.settings.events, sup.settings.check_interval) == (2, str(second), 1.5)
+    assert sup.view.reloads_failed == 1
+
+    # back to the running values: nothing pending any more
+    path.write_text(POLICY_HEAD + f'[daemon]\nevents = "{second}"\n')
+    assert sup.reload() and not sup.view.restart_pending
+
+
+def test_reload_keeps_command_line_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text(POLICY_HEAD + '[daemon]\nevents = "/nonexistent/a.jsonl"\n')
+    sup = _supervisor(path, "--events", "-", "--rules-check-interval", "2")
+    path.write_text(POLICY_HEAD + '[daemon]\nevents = "/nonexistent/b.jsonl"\nrules_check_interval = 7.0\n')
+    assert sup.reload()  # the file's events path is never opened: the option wins
+    assert (sup.settings.events, sup.settings.check_interval) == ("-", 2.0)
+    assert not sup.view.restart_pending
+
+
+def test_lab_restart_daemon_needs_a_lab(tmp_path: Path) -> None:
+    with pytest.raises(LabError, match="no lab is up"):
+        Lab(tmp_path, prefix="lgwd-u-").restart_daemon()
 
 
 def test_offload_raises_engine_timeouts() -> None:
@@ -119,7 +255,8 @@ def test_rules_command_prints_both_families() -> None:
 def test_cli_wires_daemon_commands() -> None:
     p = cli.build_parser()
     a = p.parse_args(["run", "--config", "c.toml", "--queue", "3", "--metrics-port", "0", "--no-offload"])
-    assert (a.queue, a.metrics_port, a.no_offload) == (3, 0, True)
+    assert (a.queue, a.metrics_port, a.offload, a.workers, a.events) == (3, 0, False, None, None)
+    assert p.parse_args(["run", "--config", "c.toml"]).offload is None  # unset: the file decides
     assert p.parse_args(["rules", "--remove"]).remove
     assert p.parse_args(["stats"]).port == 9687
 

@@ -50,6 +50,7 @@ class DaemonView:
     policy_generation: int = 0
     mark_generation: int = 0
     offload: bool = True
+    restart_pending: bool = False  # the last reload changed settings that apply at the next restart only
     # scrape-time readers (kernel state); None where not available
     kernel_queues: Callable[[], dict[int, KernelQueueStats]] | None = None
     offloaded_flows: Callable[[], int] | None = None
@@ -190,6 +191,11 @@ class DaemonCollector:
             yield c
             g = GaugeMetricFamily("lgwan_policy_generation", "Generation of the running policy")
             g.add_metric([], v.policy_generation)
+            yield g
+            g = GaugeMetricFamily(
+                "lgwan_restart_pending", "1 when the config's restart-only settings differ from the running ones"
+            )
+            g.add_metric([], int(v.restart_pending))
             yield g
             g = GaugeMetricFamily("lgwan_workers", "Worker processes reporting")
             g.add_metric([], len(ws))

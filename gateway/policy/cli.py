@@ -8,6 +8,7 @@ from typing import TextIO
 from gateway.fastpath.common import ACT_ALLOW, ACT_INSPECT, TIER_NAMES
 from gateway.policy.errors import ConfigError
 from gateway.policy.loader import LoadedPolicy, load_policy
+from gateway.policy.model import DaemonSection
 
 EXIT_OK = 0
 EXIT_INVALID = 2
@@ -42,9 +43,21 @@ def _cell(loaded: LoadedPolicy, f: int, t: int) -> str:
     return "+".join(parts) or "deny"
 
 
+def daemon_summary(d: DaemonSection) -> str:
+    """One line: how `lgwan-gateway run` would run with this file (before command-line overrides)."""
+    queues = f"queue {d.queue}" if d.workers == 1 else f"queues {d.queue}..{d.queue + d.workers - 1}"
+    host = f"[{d.metrics_address}]" if ":" in d.metrics_address else d.metrics_address
+    metrics = f"{host}:{d.metrics_port}" if d.metrics_port else "off"
+    return (
+        f"daemon: {d.workers} worker(s) on {queues}, offload {'on' if d.offload else 'off'}, metrics {metrics}, "
+        f"events {d.events or 'off'}, rules check every {d.rules_check_interval:g} s"
+    )
+
+
 def summary(loaded: LoadedPolicy) -> str:
     cfg, pol = loaded.config, loaded.compiled
-    lines = [f"gateway {cfg.gateway.name}: fail_mode={cfg.gateway.fail_mode} malformed={cfg.gateway.malformed}", ""]
+    lines = [f"gateway {cfg.gateway.name}: fail_mode={cfg.gateway.fail_mode} malformed={cfg.gateway.malformed}"]
+    lines += [daemon_summary(cfg.daemon), ""]
     lines.append("zones:")
     name_w = max(len(z.name) for z in cfg.zones)
     for z in cfg.zones:

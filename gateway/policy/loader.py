@@ -19,6 +19,7 @@ from gateway.policy.errors import ConfigError, ConfigIssue
 from gateway.policy.locate import Locator
 from gateway.policy.locate import Path as KeyPath
 from gateway.policy.model import (
+    DaemonSection,
     GatewaySection,
     LimitsSection,
     PolicyConfig,
@@ -27,6 +28,7 @@ from gateway.policy.model import (
     Timeouts,
     Zone,
     field_keys,
+    metrics_address_problem,
 )
 
 
@@ -36,6 +38,11 @@ class LoadedPolicy:
     compiled: CompiledPolicy
     limits: Limits
     notes: list[str] = field(default_factory=list)  # `FILE:LINE: note: ...` / `...: warning: ...`
+
+    @property
+    def daemon(self) -> DaemonSection:
+        """The [daemon] settings (defaults when the file has none)."""
+        return self.config.daemon
 
 
 def load_policy(path: str | Path, generation: int = 1) -> LoadedPolicy:
@@ -70,11 +77,49 @@ def load_policy_text(text: str, name: str = "<policy>", generation: int = 1) -> 
         checker = _salvage(name, loc, raw)
     analysis = checker.run()
     issues.extend(analysis.issues)
+    daemon_notes: list[ConfigIssue] = []
+    daemon = config.daemon if config is not None else _salvage_daemon(raw)
+    if daemon is not None:
+        issues.extend(_check_daemon(name, loc, daemon, daemon_notes))
     if issues or config is None:
         raise ConfigError(sorted(issues, key=lambda i: i.line or 0))
     compiled = compile_policy(config, analysis.matches, name, generation)
-    notes = [str(n) for n in sorted(analysis.notes, key=lambda i: i.line or 0)]
+    notes = [str(n) for n in sorted(analysis.notes + daemon_notes, key=lambda i: i.line or 0)]
     return LoadedPolicy(config=config, compiled=compiled, limits=compile_limits(config.limits), notes=notes)
+
+
+def _salvage_daemon(raw: dict[str, Any]) -> DaemonSection | None:
+    """[daemon] on its own, when the document as a whole failed validation."""
+    try:
+        return DaemonSection.model_validate(raw.get("daemon", {}))
+    except ValidationError:
+        return None  # its errors are already among the document's
+
+
+def _check_daemon(name: str, loc: Locator, d: DaemonSection, notes: list[ConfigIssue]) -> list[ConfigIssue]:
+    """Relations between [daemon] keys (each key alone is the model's job)."""
+    issues = []
+    if d.queue + d.workers - 1 > 65535:
+        issues.append(
+            ConfigIssue(
+                name,
+                loc.line(("daemon", "workers")),
+                f"daemon: queues {d.queue}..{d.queue + d.workers - 1} run past the last NFQUEUE number 65535",
+            )
+        )
+    problem = metrics_address_problem(d.metrics_address, d.metrics_allow_remote)
+    if problem is not None and d.metrics_port:
+        issues.append(ConfigIssue(name, loc.line(("daemon", "metrics_address")), f"daemon: {problem}"))
+    elif d.metrics_port and metrics_address_problem(d.metrics_address, False) is not None:
+        notes.append(
+            ConfigIssue(
+                name,
+                loc.line(("daemon", "metrics_address")),
+                f"warning: metrics_allow_remote: the metrics endpoint {d.metrics_address}:{d.metrics_port} "
+                "answers anyone who can reach it, without authentication",
+            )
+        )
+    return issues
 
 
 def _syntax_issue(name: str, exc: tomllib.TOMLDecodeError, text: str) -> ConfigIssue:
@@ -169,6 +214,8 @@ def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
         return Zone if head == "zones" else Rule
     if head == "gateway" and not rest:
         return GatewaySection
+    if head == "daemon" and not rest:
+        return DaemonSection
     if head == "limits":
         return LimitsSection if not rest else Timeouts if rest == ("timeouts",) else None
     return None

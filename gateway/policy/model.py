@@ -187,12 +187,66 @@ class LimitsSection(_Strict):
     timeouts: Timeouts = Field(default_factory=Timeouts)
 
 
+def _parse_ip_address(v: object) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f'must be an IP address string such as "127.0.0.1" or "::1", got {v!r}')
+    try:
+        return str(ipaddress.ip_address(v.strip()))
+    except ValueError:
+        raise ValueError(f"{v!r} is not an IP address (host names are not resolved here)") from None
+
+
+def _parse_log_path(v: object) -> str:
+    if not isinstance(v, str) or not v or "\0" in v:
+        raise ValueError(f'must be an absolute file path or "-" (stdout), got {v!r}')
+    if v != "-" and not v.startswith("/"):
+        # the daemon's working directory is / under systemd: a relative path would land there
+        raise ValueError(f'must be an absolute file path or "-" (stdout), got {v!r}')
+    return v
+
+
+IPAddressText = Annotated[str, PlainValidator(_parse_ip_address)]
+LogPath = Annotated[str, PlainValidator(_parse_log_path)]
+
+DEFAULT_METRICS_ADDRESS = "127.0.0.1"
+DEFAULT_METRICS_PORT = 9687
+
+
+def metrics_address_problem(address: str, allow_remote: bool) -> str | None:
+    """Why the metrics endpoint may not listen on `address` (None: it may). The endpoint has no
+    authentication and the gateway sits between security zones: only loopback unless allowed."""
+    if allow_remote or ipaddress.ip_address(address).is_loopback:
+        return None
+    return (
+        f"metrics_address {address!r} is not a loopback address: the metrics endpoint has no "
+        "authentication and would be reachable from the networks the gateway separates; "
+        "set metrics_allow_remote = true to allow it"
+    )
+
+
+class DaemonSection(_Strict):
+    """How `lgwan-gateway run` runs (not what it decides). Every key has a command-line option that
+    overrides it; gateway.daemon says which ones a reload (SIGHUP) applies."""
+
+    queue: int = Field(default=0, ge=0, le=65535)  # first NFQUEUE number
+    workers: int = Field(default=1, ge=1, le=64)  # processes, one queue each: queue .. queue+workers-1
+    offload: bool = True  # kernel passes allowed flows after their first packets
+    events: LogPath | None = None  # JSON-lines event log; None: no event log
+    metrics_port: int = Field(default=DEFAULT_METRICS_PORT, ge=0, le=65535)  # 0: no endpoint
+    metrics_address: IPAddressText = DEFAULT_METRICS_ADDRESS
+    metrics_allow_remote: bool = False
+    rules_check_interval: float = Field(default=5.0, gt=0, le=3600)
+    max_batch: int = Field(default=64, ge=1, le=1024)  # packets per recvmmsg / verdict send
+    queue_maxlen: int = Field(default=8192, ge=1, le=1_048_576)  # kernel queue length per queue
+
+
 class PolicyConfig(_Strict):
     gateway: GatewaySection
     zones: list[Zone] = Field(min_length=1)
     rules: list[Rule] = Field(default_factory=list)
     profiles: dict[Name, Profile] = Field(default_factory=dict)
     limits: LimitsSection = Field(default_factory=LimitsSection)
+    daemon: DaemonSection = Field(default_factory=DaemonSection)
 
 
 # model of each table, for "did you mean" hints on unknown keys
@@ -202,6 +256,7 @@ SECTION_MODELS: dict[str, type[BaseModel]] = {
     "rules": Rule,
     "profiles": Profile,
     "limits": LimitsSection,
+    "daemon": DaemonSection,
 }
 
 
