@@ -36,10 +36,10 @@ from gateway.inspect.commands import Command, Drop, Forward, Inject, Log, Quaran
 from gateway.inspect.packet import PacketError, TcpPacket, build_tcp, parse_tcp, with_payload
 from gateway.inspect.rewrite import (
     BodyFiller,
-    TextSanitizer,
     html_to_text_headers,
     neutralize_headers,
 )
+from gateway.inspect.textsan import TextRewriter, text_rewriter
 from gateway.mailevents import FlowInfo, file_event, smtp_event
 from gateway.mime import (
     Boundary,
@@ -55,6 +55,7 @@ from gateway.mime import (
 from gateway.mime import Event as MimeEvent
 from gateway.mime import LimitExceeded as MimeLimit
 from gateway.mime import Limits as MimeLimits
+from gateway.mime.headers import get_param
 from gateway.mime.names import decode_encoded_words
 from gateway.smtp import Command as SmtpCommand
 from gateway.smtp import (
@@ -183,7 +184,7 @@ class _Part:
     sha: Any = field(default_factory=hashlib.sha256)
     done_to: int = 0  # content offset up to which the body was rewritten (neutralize)
     filler: BodyFiller | None = None
-    san: TextSanitizer | None = None
+    san: TextRewriter | None = None
     san_in: int = 0  # content offset of the next byte to feed the sanitizer
     san_out: int = 0  # content offset of the next byte the sanitizer has not settled
     ended: bool = False
@@ -584,15 +585,15 @@ class _Conn:
         cls_type = p.cls.true_type if p.cls is not None else ""
         html = bool(_opt(self.profile, "html_to_text", False)) and "text/html" in (ctype, cls_type)
         links = bool(_opt(self.profile, "defang_links", False)) and (ctype.startswith("text/") or html)
-        if not (html or links):
-            return
-        if p.start.transfer_encoding not in ("7bit", "8bit", "binary", "quoted-printable"):
-            return  # base64 text is not rewritten yet (documented gap)
+        charset = get_param(p.start.content_type.params, "charset")
+        san = text_rewriter(html, links, p.start.transfer_encoding, charset.decode("latin-1") if charset else None)
+        if san is None:
+            return  # UTF-16/32 text, an unknown transfer encoding: not rewritable byte-wise (documented gap)
         if html:
             new = html_to_text_headers(bytes(m.content[p.start.header_start : p.start.header_end]))
             if new is not None and self._rewrite(m, p.start.header_start, new):
                 m.actions.add("CHG_TEXT")
-        p.san = TextSanitizer(html, links)
+        p.san = san
         p.san_in = p.san_out = p.start.body_start
         self._sanitize(m, p, m.covered)
 
