@@ -90,9 +90,10 @@ def test_exe_neutralized_same_length(mss: int, shuffle: bool, dup: float, seed: 
     assert exe["fileinfo"]["verdict"] == "neutralized" and exe["fileinfo"]["quarantine_id"] == qid
     smtp = next(e for e in run.events if e["event_type"] == "smtp")
     assert smtp["email"]["verdict"] == "sanitized" and "DEL_ATTACH" in smtp["email"]["reason"]
-    # the text part stays readable (base64 text is not defanged yet: documented gap)
+    # the text part (UTF-8 in base64) stays readable, its link defanged
     body = next(parsed.iter_parts()).get_content()
-    assert "本文です" in body
+    assert "本文です" in body and "hxxp://example.com/x" in body and "http:" not in body
+    assert "REP_LINK" in smtp["email"]["reason"]
 
 
 def test_retransmission_after_rewrite_carries_rewritten_bytes() -> None:
