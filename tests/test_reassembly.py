@@ -258,6 +258,28 @@ def test_fin_held_until_data_released_and_stream_end() -> None:
     assert h.finals()[late] == Drop(late, "data_after_fin")
 
 
+def test_ack_of_the_peers_fin_after_our_fin_is_forwarded() -> None:
+    """Closing: the client's FIN takes sequence number 3, so its ACK of the server's FIN comes
+    with seq = FIN + 1 and no data. That is the normal end of a connection, not data after the
+    FIN: forwarded, no anomaly. Data or another FIN there still is."""
+    h = Harness(Reassembler())
+    h.handshake()
+    h.send(C2S, 0, b"abc")
+    fin = h.send(C2S, 3, b"", FIN | ACK)
+    h.send(S2C, 0, b"221 bye\r\n", ACK, ack=4)
+    sfin = h.send(S2C, 9, b"", FIN | ACK, ack=4)
+    last_ack = h.send(C2S, 4, b"", ACK, ack=10)
+    f = h.finals()
+    assert f[fin] == Forward(fin, b"", False) and f[sfin] == Forward(sfin, b"", False)
+    assert f[last_ack] == Forward(last_ack, b"", False)
+    assert not [o for o in h.outputs if isinstance(o, Anomaly)]
+    assert StreamEnd(C2S, 3, "fin") in h.outputs and StreamEnd(S2C, 9, "fin") in h.outputs
+    late = h.send(C2S, 4, b"x")
+    again = h.send(C2S, 4, b"", FIN | ACK)
+    assert h.finals()[late] == Drop(late, "data_after_fin")
+    assert h.finals()[again] == Drop(again, "data_after_fin")
+
+
 def test_fin_before_held_data_is_refused() -> None:
     h = Harness(Reassembler(), auto_release=False)
     h.handshake()

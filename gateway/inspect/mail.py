@@ -285,14 +285,8 @@ class _Conn:
             self._after_refusal(packet_id, tcp, d)
             return
         self.pkts[packet_id] = (pkt, tcp)
-        seq = tcp.seq
-        if self.ended[d] and not tcp.payload and not tcp.flags & (SYN | FIN | RST):
-            # The ACK of the peer's FIN has seq = our FIN + 1, which the reassembler takes for
-            # data after the FIN (and would drop, stalling the close). Present it at the FIN's
-            # offset for bookkeeping; the packet itself goes out unchanged.
-            seq = (seq - 1) % SEQ_MOD
         try:
-            outs = self.r.segment(packet_id, d, seq, tcp.ack, tcp.flags, tcp.payload)
+            outs = self.r.segment(packet_id, d, tcp.seq, tcp.ack, tcp.flags, tcp.payload)
         except ReassemblyError as exc:
             self._internal(f"reassembly: {exc}")
             return

@@ -318,9 +318,13 @@ class Reassembler:
             return out
 
         fin = bool(flags & FIN)
+        # After its FIN the sender's next sequence number is the FIN's + 1: a segment there with
+        # no data and no FIN (the ACK of the peer's FIN, a window update) is not data after the
+        # FIN; it carries nothing to hold.
+        after_fin = half.fin is not None and start == end == half.fin + 1 and not fin
         # A FIN must not contradict bytes we already have: it would strand held data forever.
         have = half.ooo[-1][0] + len(half.ooo[-1][1]) if half.ooo else half.delivered
-        if (half.fin is not None and (end > half.fin or (fin and end != half.fin))) or (
+        if (half.fin is not None and not after_fin and (end > half.fin or (fin and end != half.fin))) or (
             fin and half.fin is None and end < have
         ):
             out.append(Anomaly("data_after_fin", direction, f"[{start}, {end}) fin={half.fin}"))
