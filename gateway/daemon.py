@@ -764,6 +764,10 @@ def run_command(args: argparse.Namespace, loader: Loader = default_loader) -> in
     except SettingsError as exc:
         print(f"lgwan-gateway run: {exc}", file=sys.stderr)
         return 2
+    problem = _check_writable(settings.events)  # before any queue or rule exists
+    if problem is not None:
+        print(f"lgwan-gateway run: {problem}", file=sys.stderr)
+        return 2
     return Supervisor(settings, loaded, loader, args=args).run()
 
 

@@ -7,6 +7,7 @@ removes them, and kills what it started, even on failure. Root only; in CI these
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import shutil
@@ -412,6 +413,22 @@ def test_gso_packets_arrive_whole_without_offload(lab: Lab) -> None:
     assert m["lgwan_max_packet_bytes"] > 32768
     assert m['lgwan_daemon_drops_total{cause="truncated"}'] == 0
     assert m['lgwan_packets_total{reason="flow",verdict="accept"}'] > 100
+
+
+def test_kernel_receive_timestamps_are_used_when_present(lab: Lab) -> None:
+    # one socket asking for SO_TIMESTAMP switches the kernel's receive timestamps on, machine-wide;
+    # queued packets then carry NFQA_TIMESTAMP and the daemon decides (and logs) with it
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stamper:
+        stamper.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_TIMESTAMP", 29), 1)
+        lab.start()
+        t0 = time.time()
+        assert lab.connect(ALLOWED)
+        m = lab.metrics()
+    assert m["lgwan_kernel_timestamped_packets_total"] >= 3  # at least the handshake
+    assert _stop(lab) == 0
+    (flow,) = [json.loads(line) for line in lab.events.read_text().splitlines() if '"flow"' in line]
+    stamp = datetime.datetime.strptime(flow["timestamp"], "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+    assert t0 - 1 < stamp < t0 + 5  # the kernel's sec/usec, converted right
 
 
 def test_rules_checker_reinstalls(lab: Lab) -> None:

@@ -103,9 +103,16 @@ def test_daemon_section_errors_name_file_and_line() -> None:
     with pytest.raises(ConfigError) as err:
         _loaded('queue = 65535\nworkers = 2\nmetrics_address = "198.18.1.254"\n')
     (queues, address) = err.value.errors
-    assert queues.line == base + 2 and queues.message.startswith("daemon: queues 65535..65536 run past")
+    assert queues.line == base + 2 and queues.message.startswith("daemon.workers: queues 65535..65536 run past")
     assert address.line == base + 3
-    assert address.message.startswith("daemon: metrics_address '198.18.1.254' is not a loopback address")
+    assert address.message.startswith("daemon.metrics_address: '198.18.1.254' is not a loopback address")
+    # a key with a schema error does not hide the relations between the others
+    with pytest.raises(ConfigError) as err:
+        _loaded('workers = 0\nmetrics_address = "198.18.1.254"\n')
+    assert [(e.line, e.message[:30]) for e in err.value.errors] == [
+        (base + 1, "daemon.workers: must be greate"),
+        (base + 2, "daemon.metrics_address: '198.1"),
+    ]
     with pytest.raises(ConfigError, match=r"p.toml:\d+: daemon.metrics_address: 'localhost' is not an IP address"):
         _loaded('metrics_address = "localhost"\n')
     # no endpoint, no exposure: any address is fine with metrics_port = 0
@@ -125,13 +132,13 @@ def test_remote_metrics_need_the_explicit_switch() -> None:
     assert settings_for(_run_args("--metrics-address", "0.0.0.0"), loaded).metrics_address == "0.0.0.0"
 
 
-def test_run_refuses_a_remote_metrics_address_before_anything_starts(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_run_refuses_bad_settings_before_anything_starts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "p.toml"
     path.write_text(POLICY_HEAD)
     assert cli.main(["run", "--config", str(path), "--metrics-address", "198.18.1.254"]) == 2
     assert "not a loopback address" in capsys.readouterr().err
+    assert cli.main(["run", "--config", str(path), "--events", str(tmp_path / "missing" / "e.jsonl")]) == 2
+    assert "event log" in capsys.readouterr().err
 
 
 def _supervisor(path: Path, *argv: str) -> Supervisor:

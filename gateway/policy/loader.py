@@ -89,11 +89,19 @@ def load_policy_text(text: str, name: str = "<policy>", generation: int = 1) -> 
 
 
 def _salvage_daemon(raw: dict[str, Any]) -> DaemonSection | None:
-    """[daemon] on its own, when the document as a whole failed validation."""
+    """[daemon] on its own, when the document as a whole failed validation; keys with errors (already
+    reported) fall back to their defaults, so the relations between the others are still checked."""
+    section = raw.get("daemon", {})
+    if not isinstance(section, dict):
+        return None
     try:
-        return DaemonSection.model_validate(raw.get("daemon", {}))
+        return DaemonSection.model_validate(section)
+    except ValidationError as exc:
+        bad = {e["loc"][0] for e in exc.errors() if e["loc"]}
+    try:
+        return DaemonSection.model_validate({k: v for k, v in section.items() if k not in bad})
     except ValidationError:
-        return None  # its errors are already among the document's
+        return None
 
 
 def _check_daemon(name: str, loc: Locator, d: DaemonSection, notes: list[ConfigIssue]) -> list[ConfigIssue]:
@@ -104,12 +112,12 @@ def _check_daemon(name: str, loc: Locator, d: DaemonSection, notes: list[ConfigI
             ConfigIssue(
                 name,
                 loc.line(("daemon", "workers")),
-                f"daemon: queues {d.queue}..{d.queue + d.workers - 1} run past the last NFQUEUE number 65535",
+                f"daemon.workers: queues {d.queue}..{d.queue + d.workers - 1} run past the last NFQUEUE number 65535",
             )
         )
     problem = metrics_address_problem(d.metrics_address, d.metrics_allow_remote)
     if problem is not None and d.metrics_port:
-        issues.append(ConfigIssue(name, loc.line(("daemon", "metrics_address")), f"daemon: {problem}"))
+        issues.append(ConfigIssue(name, loc.line(("daemon", "metrics_address")), f"daemon.metrics_address: {problem}"))
     elif d.metrics_port and metrics_address_problem(d.metrics_address, False) is not None:
         notes.append(
             ConfigIssue(

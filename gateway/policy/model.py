@@ -218,7 +218,7 @@ def metrics_address_problem(address: str, allow_remote: bool) -> str | None:
     if allow_remote or ipaddress.ip_address(address).is_loopback:
         return None
     return (
-        f"metrics_address {address!r} is not a loopback address: the metrics endpoint has no "
+        f"{address!r} is not a loopback address: the metrics endpoint has no "
         "authentication and would be reachable from the networks the gateway separates; "
         "set metrics_allow_remote = true to allow it"
     )
