@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import struct
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.inspect.packet import _checksum, build_tcp, parse_tcp, with_payload
@@ -51,6 +51,28 @@ def test_fill_matches_the_per_run_reference(encoding: str, body: bytes, cuts: li
         got = fast.fill(chunk)
         assert got == reference_fill(ref, chunk)
         assert len(got) == len(chunk)
+    assert fast.k == ref.k
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.sampled_from(["base64", "quoted-printable", "7bit"]),
+    st.sampled_from([76, 72, 64, 75]),
+    st.integers(0, 3),
+    st.lists(st.integers(1, 3000), min_size=1, max_size=8),
+)
+@example("base64", 75, 1, [500, 3000])  # lines not a multiple of the pad ("ICAg"): no shortcut
+@example("base64", 76, 0, [10, 3000])  # the notice ends inside the repeated lines
+def test_fill_of_encoder_lines_matches_the_reference(encoding: str, width: int, odd: int, cuts: list[int]) -> None:
+    """Long runs of equal lines (what an encoder writes; the repeated-line shortcut), cut anywhere."""
+    body = b"".join(b"A" * width + b"\r\n" for _ in range(150)) + b"B" * odd + b"\r\n" + b"C" * width * 2
+    notice = "[lgwan-gateway] The attachment 'a.exe' was removed (executable). " * 4  # spans lines
+    fast, ref = BodyFiller(encoding, notice), BodyFiller(encoding, notice)
+    pos = 0
+    for n in [*cuts, len(body)]:
+        chunk = body[pos : pos + n]
+        pos += len(chunk)
+        assert fast.fill(chunk) == reference_fill(ref, chunk)
     assert fast.k == ref.k
 
 

@@ -255,14 +255,42 @@ class BodyFiller:
         self.k += n
         return bytes(out)
 
+    def _fill_uniform(self, raw: bytes, lines: list[bytes]) -> bytes | None:
+        """fill() of CRLF-only `raw` whose inner lines (all but the first and last piece) have
+        one length L and lie past the notice, where the stream repeats the pad: when L is a
+        multiple of the pad's length, every inner line gets the same bytes, so the inner part
+        is one line repeated. None when that does not hold (the caller cuts line by line)."""
+        count = len(lines) - 2
+        if count < 2:
+            return None
+        first, size = len(lines[0]), len(lines[1])
+        inner = raw[first + 2 : len(raw) - len(lines[-1])]  # the inner lines, each with its CRLF
+        if (
+            self.k + first < len(self._head)
+            or size % len(self._pad)
+            or len(inner) != count * (size + 2)
+            or inner[size :: size + 2] != b"\r" * count  # a CRLF after every `size` bytes, so
+            or inner[size + 1 :: size + 2] != b"\n" * count  # every inner line is that long
+        ):
+            return None
+        head = self._stream(first)
+        line = self._stream(size)
+        self.k += size * (count - 1)
+        return head + b"\r\n" + (line + b"\r\n") * count + self._stream(len(lines[-1]))
+
     def fill(self, raw: bytes) -> bytes:
         """Replacement for the next `raw` bytes of the body (same length, CR/LF kept).
 
         One stream slice for all the non-line-break bytes, then cut along the line breaks: no
-        work per byte, a slice per line."""
+        work per byte, a slice per line, or none (_fill_uniform) for the lines of equal length
+        an encoder writes."""
         lines = raw.split(b"\r\n")
-        if raw.count(b"\r") == raw.count(b"\n") == len(lines) - 1:  # CRLF only (the usual case)
-            stream = self._stream(len(raw) - 2 * (len(lines) - 1))
+        text = b"".join(lines)
+        if b"\r" not in text and b"\n" not in text:  # CRLF only (the usual case)
+            fast = self._fill_uniform(raw, lines)
+            if fast is not None:
+                return fast
+            stream = self._stream(len(text))
             pos = 0
             for i, line in enumerate(lines):
                 n = len(line)
