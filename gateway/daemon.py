@@ -159,8 +159,14 @@ def settings_for(args: argparse.Namespace, loaded: Loaded) -> Settings:
 
 def restart_only_changes(running: Settings, wanted: Settings, limits: Limits, new_limits: Limits) -> list[str]:
     """What a reload found changed but cannot apply: `key old -> new` per setting."""
+
+    def shown(key: str, s: Settings) -> tuple[str, object]:  # the config's names and values
+        if key == "fail_open":
+            return "fail_mode", "open" if s.fail_open else "closed"
+        return key, getattr(s, key)
+
     out = [
-        f"{k} {getattr(running, k)!r} -> {getattr(wanted, k)!r}"
+        f"{shown(k, running)[0]} {shown(k, running)[1]!r} -> {shown(k, wanted)[1]!r}"
         for k in RESTART_ONLY
         if getattr(running, k) != getattr(wanted, k)
     ]

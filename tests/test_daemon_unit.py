@@ -156,7 +156,8 @@ def test_reload_applies_reloadable_settings_and_keeps_restart_only_ones(
     path.write_text(POLICY_HEAD + f'[daemon]\nworkers = 1\nevents = "{first}"\n')
     sup = _supervisor(path)
     path.write_text(
-        POLICY_HEAD + f'[daemon]\nworkers = 2\nqueue = 4\nevents = "{second}"\nrules_check_interval = 1.5\n'
+        POLICY_HEAD.replace('name = "t"', 'name = "t"\nfail_mode = "open"')
+        + f'[daemon]\nworkers = 2\nqueue = 4\nevents = "{second}"\nrules_check_interval = 1.5\n'
         "[limits]\nmax_flows = 10\n"
     )
     with caplog.at_level(logging.WARNING, logger="lgwan-gateway"):
@@ -164,7 +165,7 @@ def test_reload_applies_reloadable_settings_and_keeps_restart_only_ones(
     assert (sup.generation, sup.settings.events, sup.settings.check_interval) == (2, str(second), 1.5)
     assert (sup.settings.workers, sup.settings.queue) == (1, 0)  # restart-only: the running values stay
     assert sup.view.restart_pending
-    assert "queue 0 -> 4, workers 1 -> 2, [limits]" in caplog.text
+    assert "queue 0 -> 4, workers 1 -> 2, fail_mode 'closed' -> 'open', [limits]" in caplog.text
     assert second.exists()  # the supervisor checked it can be opened before applying anything
 
     # an event log that cannot be opened refuses the whole reload: the policy stays too
