@@ -191,6 +191,24 @@ def test_neutralize_headers_keeps_line_ends_and_length() -> None:
     assert m.get_content_type() == "text/plain" and m.get_filename() == "removed.txt"
 
 
+def test_neutralized_name_stays_removed_txt_over_leftover_continuation_lines() -> None:
+    """RFC 2231 continuations leave more lines than the new fields need: the padding parameters
+    on them must not run into `name=removed.txt` (found by tests/test_e2e_mail.py: a MUA read
+    the name "removed.txt x=xxxx")."""
+    block = (
+        b"Content-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\nContent-Disposition: attachment;"
+        b" filename*0*=ISO-2022-JP''%1B%24B%35%44%3B%76%4F%3F%21%4A%42%68%23%33%32%73%21%4B%1B%28%42;\r\n"
+        b" filename*1*=.txt\r\n"
+    )
+    new = neutralize_headers(block, message_level=False)
+    assert new is not None and len(new) == len(block)
+    from email import message_from_bytes
+
+    m = message_from_bytes(new + b"\r\n" + b"QUJD\r\n")
+    assert m.get_content_type() == "text/plain" and m.get_filename() == "removed.txt", new
+    assert m.get_param("name") == "removed.txt"
+
+
 def test_neutralize_headers_message_level_keeps_envelope_headers() -> None:
     block = b"From: a@x\r\nSubject: s\r\nContent-Type: application/x-msdownload\r\n"
     new = neutralize_headers(block, message_level=True)

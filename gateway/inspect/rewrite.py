@@ -61,7 +61,7 @@ def _fit(atoms: Sequence[bytes], lengths: Sequence[int]) -> list[bytes] | None:
     """Lay a structured field out on lines of exactly these content lengths.
 
     atoms[0] is "Name:"; line 0 takes atoms joined by spaces; continuation lines start with a
-    space. Leftover continuation lines get `x=x...;` padding parameters (a whitespace-only line
+    space. Leftover continuation lines get `;x=x...` padding parameters (a whitespace-only line
     inside a header block could end it for some parsers). None if it does not fit.
     """
     lines: list[bytearray] = [bytearray() for _ in lengths]
@@ -86,8 +86,9 @@ def _fit(atoms: Sequence[bytes], lengths: Sequence[int]) -> list[bytes] | None:
     for n, line in enumerate(lines):
         room = lengths[n] - len(line)
         if n > 0 and not line.strip():
-            pad = b"x=" + b"x" * max(0, room - 3) + b";"
-            line += pad[:room] if room >= 4 else b"x" * room
+            # the separator comes first: the last atom (`name=removed.txt`) has no `;` of its
+            # own, and `name=removed.txt<fold> x=xxx;` reads as the name "removed.txt x=xxx"
+            line += b";x=" + b"x" * (room - 3) if room >= 3 else b";" + b"x" * max(0, room - 1) if room else b""
         else:
             line += b" " * room
     return [bytes(x) for x in lines]
