@@ -563,6 +563,29 @@ def test_flow_id_is_the_key_and_the_first_packets_tag_not_its_time(
             assert d.flow_id == ev.flow_id, (impl, ts)
 
 
+@SETTINGS
+@given(
+    seq=st.integers(0, 2**32 - 1),
+    size=st.integers(0, 200),
+    fill=st.integers(0, 255),
+    proto=st.sampled_from([6, 17, 1, 47]),
+    v6=st.booleans(),
+)
+def test_flow_tags_agree(seq: int, size: int, fill: int, proto: int, v6: bool) -> None:
+    """Any ISN, payloads across the 64-byte tag window, every tag branch: same id in both engines."""
+    payload = bytes((fill + 37 * i) % 256 for i in range(size))
+    l4 = {
+        6: struct.pack("!HHIIBBHHH", 40000, 80, seq, 0, 5 << 4, 0x02, 1024, 0, 0) + payload,
+        17: udp(1000, 53, payload),
+        1: icmp(128 if v6 else 8, 0, seq.to_bytes(4, "big") + payload),
+        47: payload,
+    }[proto]
+    nh = 58 if proto == 1 and v6 else proto
+    pkt = ipv6("2001:db8:1::1", "2001:db8:2::1", nh, l4) if v6 else ipv4(V4_A, V4_B, proto, l4)
+    ids = [impl.Engine(POLICIES[0]).decide(pkt, 0).flow_id for impl in (reference, fast)]
+    assert ids[0] == ids[1] != 0
+
+
 def test_thousands_of_flows_agree() -> None:
     """Past the compiled table's initial bucket array (it grows and rehashes), with LRU eviction
     and idle expiry at scale: same decisions, events and counters as the reference."""
