@@ -227,14 +227,17 @@ class Lab:
             text += "\n[daemon]\n" + daemon
         self.config.write_text(text)
 
-    def start(self, *extra: str, workers: int | None = 1, env_extra: dict[str, str] | None = None) -> None:
-        """workers=None: no --workers option (the config file's [daemon] decides)."""
+    def start(
+        self, *extra: str, workers: int | None = 1, events: bool = True, env_extra: dict[str, str] | None = None
+    ) -> None:
+        """workers=None / events=False: no --workers / --events option (the file's [daemon] decides)."""
         sock_path = str(self.tmp / "notify.sock")
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(sock_path)
         self.notify.settimeout(15)
         env = dict(os.environ, NOTIFY_SOCKET=sock_path, PYTHONPATH=str(ROOT), **(env_extra or {}))
-        argv = [PY, "-m", "gateway", "run", "--config", str(self.config), "--events", str(self.events)]
+        argv = [PY, "-m", "gateway", "run", "--config", str(self.config)]
+        argv += ["--events", str(self.events)] if events else []
         argv += [*(["--workers", str(workers)] if workers is not None else []), "--rules-check-interval", "0.5", *extra]
         logf = open(self.log, "w")  # noqa: SIM115 - closed with the process
         self.daemon = subprocess.Popen(["ip", "netns", "exec", self.g, *argv], stdout=logf, stderr=logf, env=env)
@@ -474,8 +477,8 @@ def test_workers_from_the_config_file(tmp_path: Path) -> None:
     lab = Lab(tmp_path, prefix="lgwd-")
     try:
         lab.up(client_addrs=4)
-        lab.write_policy(daemon="queue = 3\nworkers = 2\nmetrics_port = 9700\n")
-        lab.start(workers=None)
+        lab.write_policy(daemon=f'queue = 3\nworkers = 2\nmetrics_port = 9700\nevents = "{lab.events}"\n')
+        lab.start(workers=None, events=False)
         assert lab.daemon is not None
         assert len(_worker_pids(lab.daemon.pid)) == 2
         queues = sh("ip", "netns", "exec", lab.g, "cat", "/proc/net/netfilter/nfnetlink_queue").stdout
@@ -488,6 +491,18 @@ def test_workers_from_the_config_file(tmp_path: Path) -> None:
         assert {k for k in m if k.startswith("lgwan_worker_packets_total")} == {
             f'lgwan_worker_packets_total{{queue="{q}",worker="{w}"}}' for w, q in ((0, 3), (1, 4))
         }
+        # a reload applies a new event log path (both workers switch) and only warns about workers
+        moved = tmp_path / "moved.jsonl"
+        lab.write_policy(daemon=f'queue = 3\nworkers = 3\nmetrics_port = 9700\nevents = "{moved}"\n')
+        lab.signal(signal.SIGHUP)
+        assert lab.next_notify()[0] == "RELOADING=1"
+        assert lab.next_notify() == ["READY=1", "STATUS=generation 2"]
+        assert "workers 2 -> 3" in lab.log.read_text()
+        assert len(_worker_pids(lab.daemon.pid)) == 2
+        assert all(lab.connect(ALLOWED, src=f"198.18.1.{10 + i}") for i in range(4))
+        assert lab.metrics(port=9700)["lgwan_restart_pending"] == 1
+        assert len([line for line in moved.read_text().splitlines() if '"flow"' in line]) == 4
+        assert len([line for line in lab.events.read_text().splitlines() if '"flow"' in line]) == 4  # before
     finally:
         lab.down()
 
