@@ -115,7 +115,8 @@ class MimeParser:
         self._held_off = 0
         self._line_len = 0  # only maintained when Limits.max_body_line_length is set
         self._out: list[Event] = []
-        self._pend = bytearray()  # coalesced body bytes not yet emitted as an event
+        self._pend: list[bytes] = []  # coalesced body bytes not yet emitted as an event (joined on flush)
+        self._pend_len = 0
         self._pend_off = 0
         self._pend_frame: _Frame | None = None
         self._pend_state = _BODY
@@ -196,21 +197,24 @@ class MimeParser:
         """Body bytes of `frame` in its current state (leaf data, preamble or epilogue)."""
         if not data:
             return
-        if self._pend_frame is frame and self._pend_state == frame.state and self._pend_off + len(self._pend) == offset:
-            self._pend += data
+        if self._pend_frame is frame and self._pend_state == frame.state and self._pend_off + self._pend_len == offset:
+            self._pend.append(data)
+            self._pend_len += len(data)
             return
         self._flush_pending()
         self._pend_frame = frame
         self._pend_state = frame.state
         self._pend_off = offset
-        self._pend += data
+        self._pend.append(data)
+        self._pend_len = len(data)
 
     def _flush_pending(self) -> None:
         frame = self._pend_frame
         if frame is None:
             return
-        raw = bytes(self._pend)
+        raw = b"".join(self._pend)  # a single piece is not copied
         self._pend.clear()
+        self._pend_len = 0
         self._pend_frame = None
         if self._pend_state == _BODY:
             assert frame.decoder is not None
@@ -458,18 +462,19 @@ class MimeParser:
                 self._fail("max_body_line_length", lim, self._off(cut))
                 return
             self._line_len += end - start
-        buf = self._buf
-        if len(top.bare_eols) < 2 and not (
-            buf.count(b"\n", start, end) == buf.count(b"\r", start, end) == buf.count(b"\r\n", start, end)
-        ):
-            # Bare CR/LF inside the bytes that stream through unexamined (exact offsets, so the
-            # defect does not depend on chunking; the data before it is emitted first).
-            for m in _BARE.finditer(self._buf, start, end):
-                if m.group() not in top.bare_eols:
-                    self._emit(top, self._off(start), bytes(self._buf[start : m.start()]))
-                    start = m.start()
-                    self._bare_eol(top, start, m.group())
-        self._emit(top, self._off(start), bytes(self._buf[start:end]))
+        chunk = bytes(memoryview(self._buf)[start:end])  # one copy (a bytearray slice makes two)
+        if len(top.bare_eols) < 2:
+            crlf_free = chunk.replace(b"\r\n", b"")
+            if b"\r" in crlf_free or b"\n" in crlf_free:
+                # Bare CR/LF inside the bytes that stream through unexamined (exact offsets, so
+                # the defect does not depend on chunking; the data before it is emitted first).
+                for m in _BARE.finditer(self._buf, start, end):
+                    if m.group() not in top.bare_eols:
+                        self._emit(top, self._off(start), bytes(self._buf[start : m.start()]))
+                        start = m.start()
+                        self._bare_eol(top, start, m.group())
+                chunk = bytes(self._buf[start:end])
+        self._emit(top, self._off(start), chunk)
         self._pos = end
 
     def _begin_data_line(self, top: _Frame) -> None:
