@@ -167,6 +167,19 @@ def test_html_to_text_and_links() -> None:
     assert "CHG_TEXT" in smtp["email"]["reason"]
 
 
+def test_html_text_that_cannot_be_converted_is_refused() -> None:
+    """An HTML message text passes the classifier only because it is converted in place; in
+    UTF-16 it cannot be rewritten byte-wise, so it must not go out as HTML: refused."""
+    m = MIMEMultipart("alternative")
+    m["Subject"] = "x"
+    m.attach(MIMEText("hi\n", "plain", "us-ascii"))
+    m.attach(MIMEText('<html><body><a href="http://evil.example/">click</a></body></html>\n', "html", "utf-16"))
+    run = drive(session(m.as_bytes().replace(b"\n", b"\r\n")))
+    all_final(run)
+    smtp = next(e for e in run.events if e["event_type"] == "smtp")
+    assert smtp["email"]["verdict"] == "refused" and "HTML" in smtp["email"]["reason"]
+
+
 def test_near_delimiter_refused_by_profile() -> None:
     msg = b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n\r\nx\r\n--bX\r\n\r\ny\r\n--b--\r\n'
     run = drive(session(msg), profile=FakeProfile(refuse_on_defects=("near-delimiter",)))

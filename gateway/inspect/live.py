@@ -52,9 +52,13 @@ class RawSender:
 
 
 def live_config() -> InspectConfig:
-    """Live, a sender retransmits: out-of-order segments are dropped instead of held, which
-    keeps the kernel's queue (shared by all flows) free for in-order data."""
-    return InspectConfig(reassembly=ReassemblyLimits(out_of_order=OutOfOrderPolicy.DROP))
+    """Live and replay reassemble alike: out-of-order segments are held (within the window).
+    Dropping them instead (to keep the kernel's queue free) turned every reordering or loss
+    into a retransmission timeout: the server never saw the later segments, so it sent no
+    duplicate ACKs or SACKs, and inside a held part the sender, retransmitting only the first
+    unacknowledged segment, never resent the missing one (tests/test_e2e_mail.py's shim). It
+    also made live decisions differ from the replay of the same capture."""
+    return InspectConfig(reassembly=ReassemblyLimits(out_of_order=OutOfOrderPolicy.HOLD))
 
 
 class LiveMailInspector:

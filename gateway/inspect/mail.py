@@ -213,6 +213,14 @@ class _Message:
     finished: bool = False
     qids: list[str] = field(default_factory=list)
 
+    def stalled(self) -> None:
+        """The client resends the first byte we hold: it cannot send further (window, or a lost
+        segment it will only resend once acknowledged), and only our release brings that ACK.
+        Stop holding the undecided part (it is then decided at its end: a "remove" refuses)."""
+        p = self.current
+        if p is not None and p.state == PENDING:
+            p.state = LATE
+
     def hold(self) -> int:
         """Content offset before which bytes may be released."""
         h = self.covered
@@ -263,6 +271,8 @@ class _Conn:
         self.r = Reassembler(insp.config.reassembly, insp.account)
         self.smtp = SMTPConnection(SMTPLimits(max_message_size=max_msg))
         self.pkts: dict[int, tuple[bytes, TcpPacket]] = {}
+        self.server_acked = 0  # client stream offset the server acknowledged (its rcv_nxt)
+        self.edge = (0, 0)  # (server_acked, client resends of the byte there): stall detection
         self.rewrites: dict[Direction, list[tuple[int, bytes]]] = {C2S: [], S2C: []}
         self.msg: _Message | None = None
         self.txn = _Txn()
@@ -284,6 +294,12 @@ class _Conn:
         if self.refused:
             self._after_refusal(packet_id, tcp, d)
             return
+        stall = d is C2S and self._resends_held_edge(pkt, tcp)
+        cisn = self.isn[C2S]
+        if d is S2C and tcp.flags & ACK and cisn is not None:
+            acked = (tcp.ack - cisn - 1) % SEQ_MOD
+            if 0 < acked - self.server_acked < 1 << 30:  # newer (streams beyond 1 GiB: approximate)
+                self.server_acked = acked
         self.pkts[packet_id] = (pkt, tcp)
         try:
             outs = self.r.segment(packet_id, d, tcp.seq, tcp.ack, tcp.flags, tcp.payload)
@@ -291,6 +307,29 @@ class _Conn:
             self._internal(f"reassembly: {exc}")
             return
         self._handle(outs)
+        if stall and self.msg is not None and not self.msg.finished and not self.refused:
+            self.msg.stalled()
+            self._handle(self._release())
+
+    def _resends_held_edge(self, pkt: bytes, tcp: TcpPacket) -> bool:
+        """A client segment that starts where the server's ACKs stop (the sender's snd_una)
+        while we hold bytes there, brings nothing new and is seen for the second time (original
+        + 2 retransmissions: not a tail-loss probe crossing a delayed original). A byte-identical
+        copy of a held packet is a network duplicate, not a resend. Decided on the packet
+        sequence alone, so live and replay agree."""
+        isn = self.isn[C2S]
+        if isn is None or not tcp.payload or tcp.flags & (SYN | RST):
+            return False
+        acked, hi = self.server_acked, self.r.delivered(C2S)
+        if acked != self.edge[0]:
+            self.edge = (acked, 0)  # the server acknowledged more: count afresh
+        off = (tcp.seq - isn - 1) % SEQ_MOD
+        if off != acked % SEQ_MOD or not self.r.held_ids() or hi - acked < len(tcp.payload):
+            return False  # not the first unacknowledged byte, nothing held, or it brings new bytes
+        if any(p == pkt for p, _ in self.pkts.values()):
+            return False
+        self.edge = (acked, self.edge[1] + 1)
+        return self.edge[1] >= 2
 
     def _after_refusal(self, packet_id: int, tcp: TcpPacket, d: Direction) -> None:
         self.out.append(Drop(packet_id, "refused"))
@@ -305,7 +344,10 @@ class _Conn:
         while work:
             o = work.pop(0)
             if isinstance(o, RForward):
-                pkt, tcp = self.pkts.pop(o.segment_id)
+                entry = self.pkts.pop(o.segment_id, None)
+                if entry is None:  # a refusal decided later in this batch already dropped it
+                    continue
+                pkt, tcp = entry
                 self.out.append(Forward(o.segment_id, with_payload(pkt, tcp, o.payload) if o.rewritten else None))
             elif isinstance(o, RDrop):
                 self.pkts.pop(o.segment_id, None)
@@ -581,8 +623,10 @@ class _Conn:
         links = bool(_opt(self.profile, "defang_links", False)) and (ctype.startswith("text/") or html)
         charset = get_param(p.start.content_type.params, "charset")
         san = text_rewriter(html, links, p.start.transfer_encoding, charset.decode("latin-1") if charset else None)
-        if san is None:
-            return  # UTF-16/32 text, an unknown transfer encoding: not rewritable byte-wise (documented gap)
+        if san is None:  # UTF-16/32 text, an unknown transfer encoding: not rewritable byte-wise
+            if html:  # the classifier passes an HTML message text only because it is converted here
+                self._refuse_message(m, "HTML text that cannot be converted to text in place")
+            return
         if html:
             new = html_to_text_headers(bytes(m.content[p.start.header_start : p.start.header_end]))
             if new is not None and self._rewrite(m, p.start.header_start, new):
