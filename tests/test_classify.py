@@ -259,6 +259,17 @@ def test_attachments_remove_keeps_the_message_text_but_still_checks_its_true_typ
     assert clf.classify_head(text, [], "text/plain").verdict == "remove"
 
 
+def test_an_html_message_text_is_kept_for_conversion_not_removed() -> None:
+    html = b"<html><body><p>hello <a href='http://x'>x</a></p><script>alert(1)</script></body></html>\r\n"
+    for attachments in ("remove", "inspect"):
+        clf = Classifier(profile(attachments=attachments))
+        assert clf.classify_full(html, [], "text/html", body=True).verdict == "pass"  # html_to_text converts it
+        assert clf.classify_full(html, [], "text/html").verdict == "remove"  # as an attachment it goes
+        assert clf.classify_full(corpus.pe_exe(), [], "text/html", body=True).verdict == "remove"
+    clf = Classifier(profile(html_to_text=False))
+    assert clf.classify_full(html, [], "text/html", body=True).verdict == "remove"  # nothing would convert it
+
+
 def test_too_large_part() -> None:
     clf = Classifier(profile(max_part_bytes=1000))
     c = full(b"x" * 1001, "a.txt", "text/plain", clf)

@@ -580,6 +580,10 @@ class Classifier:
         keeps; its true type is still checked like any part's."""
         p = self.profile
         removal = [f for f in findings if f.category not in self._cats]
+        if body and p.html_to_text:
+            # an HTML message text is converted to text in place by the inspector (body 無害化),
+            # not removed: the recipient keeps the message, without markup, scripts or live links
+            removal = [f for f in removal if f.category != "html"]
         if not removal and p.attachments == "remove" and not body:
             removal = [Finding(node.category, 'the profile removes every attachment (attachments = "remove")')]
         if removal:
