@@ -286,6 +286,29 @@ def _mail_inspector(q: Any, policy: CompiledPolicy, events: EventWriter) -> Any:
         return None
 
 
+def _recover_quarantine(policy: CompiledPolicy) -> None:
+    """At start, before any worker can store an original: clean up what a crash of the previous
+    daemon left in the quarantine (docs/quarantine.md, "Crash safety"): entries stored without
+    their audit record are audited (`recovered`), stale temp files and content without metadata go."""
+    from gateway.fastpath.common import ACT_INSPECT
+
+    if not any(r.action == ACT_INSPECT for r in policy.rules):
+        return
+    try:
+        from gateway.io.quarantine import QuarantineStore, default_dir
+
+        done = QuarantineStore(default_dir()).recover()
+    except Exception as exc:  # the workers' own store use reports a broken store; start anyway
+        log.error("quarantine recover failed: %s", exc)
+        return
+    if done["removed"] or done["audited"]:
+        log.warning(
+            "quarantine recovered after a crash: %d stale file(s) removed, %d entr(ies) audited",
+            len(done["removed"]),
+            len(done["audited"]),
+        )
+
+
 def worker_main(
     index: int, settings: Settings, policy: CompiledPolicy, limits: Limits, mark_gen: int, conn: Connection
 ) -> int:
@@ -465,6 +488,7 @@ class Supervisor:
             signal.signal(sig, self._on_signal)
         status = 0
         try:
+            _recover_quarantine(self.policy)
             if not self._start_workers():
                 return 1
             if s.manage_rules:

@@ -69,6 +69,19 @@ TEXT = (
     "会議資料を三点お送りします。ご確認ください。\r\n"
     "This line is plain ASCII and has no link in it.\r\n"
 ).encode()
+# A store write cut by the kill between the metadata and the audit record, by a real process that
+# dies there (SIGKILL; the moment cannot be hit reliably by killing the daemon from outside)
+CRASH_IN_PUT = """
+import os, signal, sys
+from pathlib import Path
+from gateway.io.quarantine import QuarantineMeta, QuarantineStore
+from gateway.mailevents import FlowInfo
+
+store = QuarantineStore(Path(sys.argv[1]))
+store._audit_put = lambda d, recovered: os.kill(os.getpid(), signal.SIGKILL)
+flow = FlowInfo(1, "198.19.40.25", 40000, "198.18.20.25", 25)
+store.put(b"cut before its audit record", QuarantineMeta(kind="part", flow=flow, reason="test", action="neutralized"))
+"""
 WAIT_S = 10.0  # upper bound of every wait on an observable condition (never reached when it works)
 
 
@@ -293,6 +306,12 @@ def test_killing_the_daemon_mid_message_loses_nothing_and_delivers_nothing(lab: 
     show = _quarantine_cli(lab, "show", entry["id"])
     assert show.returncode == 0 and json.loads(show.stdout)["sha256"] == first_sha, show.stdout + show.stderr
 
+    # a put the kill cut short after its metadata: listed, but not yet in the audit log
+    crash = subprocess.run([sys.executable, "-c", CRASH_IN_PUT, str(lab.quarantine_dir)], timeout=30)
+    assert crash.returncode == -signal.SIGKILL
+    unaudited = {e["id"] for e in _listed(lab)} - {entry["id"]}
+    assert len(unaudited) == 1 and any("no put record" in p for p in _store(lab).verify().problems)
+
     # fail closed: a new connection gets nowhere while no daemon runs
     with pytest.raises(OSError):
         smtp_client(lab.prefix, "internet-relay", "lgwan-mail", timeout=1.0).close()
@@ -300,6 +319,10 @@ def test_killing_the_daemon_mid_message_loses_nothing_and_delivers_nothing(lab: 
     # --- 2. restart; the old connection stays dead, the resend arrives sanitized ----------------
     new_pid = lab.restart_daemon()
     assert new_pid != pid and lab.status()["daemon"]["running"]
+    # the new daemon recovered the store before starting its workers: the cut put is audited
+    assert _verified(lab).entries == 2
+    puts = [r for r in _store(lab).audit.records() if r.get("op") == "quarantine.put"]
+    assert [r["id"] for r in puts if r.get("recovered")] == sorted(unaudited)
     # the old connection's retransmissions reach the new daemon, which does not know the flow
     _until(
         "the old connection's packets dropped by the new daemon",
@@ -322,14 +345,14 @@ def test_killing_the_daemon_mid_message_loses_nothing_and_delivers_nothing(lab: 
     [stored] = _until("the resent message in the Maildir", lambda: _delivered(lab))
     elapsed = time.monotonic() - t0
     raw = stored.read_bytes()
-    _check_sanitized(lab, msg, raw)
+    _check_sanitized(lab, msg, raw, stored_before=2)
     print(
         f"killed {sent_at_kill:.2f} s into the transaction ({msg.cut} of {len(msg.wire)} bytes sent, "
         f"{held} packets held); client outcome: {outcome}; resent and delivered sanitized, {elapsed:.1f} s total"
     )
 
 
-def _check_sanitized(lab: Lab, msg: Message, raw: bytes) -> None:
+def _check_sanitized(lab: Lab, msg: Message, raw: bytes, stored_before: int) -> None:
     assert len(raw) == len(msg.wire)  # neutralizing is length-preserving
     assert msg.text_part in raw  # the text part arrives byte-identical
     assert _leaks(lab, msg, text=False) == []  # not one line of an original attachment
@@ -341,7 +364,7 @@ def _check_sanitized(lab: Lab, msg: Message, raw: bytes) -> None:
     entries = {e["id"]: e for e in _listed(lab)}
     res = _verified(lab)
     _check_store_files(lab)
-    assert res.entries == 4  # the one stored before the kill and the resend's three
+    assert res.entries == stored_before + 3  # nothing lost: what was there before, and the resend's three
     by_sha: dict[str, list[dict[str, Any]]] = {}
     for e in entries.values():
         by_sha.setdefault(e["sha256"], []).append(e)
