@@ -521,8 +521,20 @@ def test_second_instance_refused_and_leaves_rules_alone(lab: Lab) -> None:
 
 
 def _worker_pids(daemon_pid: int) -> list[int]:
-    children = Path(f"/proc/{daemon_pid}/task/{daemon_pid}/children").read_text().split()
-    return [int(p) for p in children if b"gateway" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    """The supervisor's worker processes. A child it forks to run iptables carries the supervisor's
+    command line until its exec, so only children seen in two reads 0.2 s apart count."""
+
+    def children() -> set[int]:
+        pids = set()
+        for p in Path(f"/proc/{daemon_pid}/task/{daemon_pid}/children").read_text().split():
+            with contextlib.suppress(OSError):
+                if b"gateway" in Path(f"/proc/{p}/cmdline").read_bytes():
+                    pids.add(int(p))
+        return pids
+
+    first = children()
+    time.sleep(0.2)
+    return sorted(first & children())
 
 
 def test_watchdog_pings_follow_worker_health(lab: Lab) -> None:
