@@ -5,12 +5,15 @@ uninspected", proven with the real daemon in the namespace lab: smtplib in `inte
 `lgwan-gateway run` in the gateway namespace (configs/lab.toml, profile `mail`: every attachment
 neutralized, the original quarantined) -> the lab's aiosmtpd on `lgwan-mail`:25 writing a Maildir.
 
-The client sends one message (a text part and three 2 MB attachments) up to a few lines into the
-second attachment and stops there. Two observable facts then pin the moment of the kill, no sleep:
-the quarantine holds the first attachment (verified: content against its SHA-256, metadata
-against its audit record), and the kernel's queue holds packets without a verdict (the second
-attachment's header block and head, which the inspector withholds until it has classified them).
-Then SIGKILL. The mechanism under test (gateway/inspect/mail.py, gateway/inspect/live.py): the
+The client sends one message (a text part and three 2 MB attachments) up to the middle of the
+second attachment's header block and stops there. Two observable facts then pin the moment of the
+kill, no sleep: the quarantine holds the first attachment (verified: content against its SHA-256,
+metadata against its audit record), and the kernel's queue holds packets without a verdict (the
+second attachment's unfinished header block, which the inspector withholds: it may still have to
+rewrite it). Then SIGKILL. A store write that the kill cuts short is played by a real process
+SIGKILLed between the metadata and the audit record; the restarted daemon must recover it.
+
+The mechanism under test (gateway/inspect/mail.py, gateway/inspect/live.py): the
 segment carrying the end of DATA is released only after every part is decided and every
 Quarantine command has returned from the store (`put` is durable: fsync'd, linked, audited),
 and the queue has no bypass, so a dead daemon passes nothing (docs/mail-inspection.md, "Crash
@@ -61,9 +64,6 @@ PREFIX = "lgwkm-"
 MAIL_FROM, RCPT_TO = "tanaka@relay.example.jp", "soumu@city.example.lg.jp"
 BOUNDARY = "==lgwk-kill-7f3a=="
 ATTACHMENT_BYTES = 2 * 1024 * 1024
-# what of the second attachment's body is sent before the kill: well under the profile's head
-# (head_bytes = 4096 decoded bytes), so its header block and first lines are held in the queue
-HEAD_SENT = 2048  # base64 characters
 TEXT = (
     "お世話になっております。総務課の田中です。\r\n"
     "会議資料を三点お送りします。ご確認ください。\r\n"
@@ -110,15 +110,15 @@ def _message() -> Message:
     wire = head + f"--{BOUNDARY}\r\n".encode() + text_part
     cut = 0
     for i, data in enumerate(attachments, 1):
-        wire += (
-            f"--{BOUNDARY}\r\n"
-            f'Content-Type: application/octet-stream; name="shiryou{i}.bin"\r\n'
-            f'Content-Disposition: attachment; filename="shiryou{i}.bin"\r\n'
-            "Content-Transfer-Encoding: base64\r\n\r\n"
-        ).encode()
+        wire += f'--{BOUNDARY}\r\nContent-Type: application/octet-stream; name="shiryou{i}.bin"\r\n'.encode()
         if i == 2:
-            cut = len(wire) + HEAD_SENT
-        wire += _b64_lines(data)
+            # the kill comes inside the second attachment's header block: the boundary before it
+            # ended the first (whose original is then stored), and a header block being read is
+            # never released (the inspector may still rewrite it), so those packets are held
+            cut = len(wire)
+        wire += (
+            f'Content-Disposition: attachment; filename="shiryou{i}.bin"\r\nContent-Transfer-Encoding: base64\r\n\r\n'
+        ).encode() + _b64_lines(data)
     wire += f"--{BOUNDARY}--\r\n".encode()
     assert not re.search(rb"(^|\r\n)\.", wire)
     return Message(wire, text_part, attachments, cut)
@@ -274,14 +274,14 @@ def test_killing_the_daemon_mid_message_loses_nothing_and_delivers_nothing(lab: 
     first_sha = hashlib.sha256(msg.attachments[0]).hexdigest()
     assert _delivered(lab) == [] and _queued(lab) == 0
 
-    # --- 1. into the second attachment, then SIGKILL --------------------------------------------
+    # --- 1. into the second attachment's headers, then SIGKILL -----------------------------------
     t0 = time.monotonic()
     txn = Transaction(lab)
     txn.send(msg.wire[: msg.cut])
     # the first attachment's original is stored (its end was seen when the second began)...
     res = _until("the first attachment in the quarantine", lambda: (r := _store(lab).verify()).ok and r.entries and r)
     assert res.entries == 1
-    # ...and the second's header block and head are held in the kernel's queue, undecided
+    # ...and the second's header block, unfinished, is held in the kernel's queue
     held = _until("held packets in the queue", lambda: _queued(lab))
     pid = lab.status()["daemon"]["pid"]
     os.kill(pid, signal.SIGKILL)
