@@ -8,7 +8,9 @@ checksums, and crafted segments for the refusal (554 reply, RST) it injects.
 from __future__ import annotations
 
 import ipaddress
+import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 IPPROTO_TCP = 6
@@ -101,8 +103,9 @@ def parse_tcp(pkt: bytes) -> TcpPacket:
     )
 
 
-def _checksum(data: bytes) -> int:
-    """Internet checksum (RFC 1071) of `data`, as a big-endian 16-bit value.
+def _checksum_py(data: bytes) -> int:
+    """Internet checksum (RFC 1071) of `data`, as a big-endian 16-bit value (the reference of
+    gateway._fastpath.inet_checksum, used when the compiled module is not).
 
     The ones' complement sum of 16-bit words is the data read as one big-endian number modulo
     0xFFFF (2**16 = 1 mod 0xFFFF), except that a nonzero sum is 0xFFFF where the remainder is 0:
@@ -114,6 +117,21 @@ def _checksum(data: bytes) -> int:
     if s == 0 and n:
         s = 0xFFFF
     return ~s & 0xFFFF
+
+
+def _select_checksum() -> Callable[[bytes], int]:
+    """The compiled checksum (~20x faster on a 64 KiB GSO packet), unless
+    LGWAN_GATEWAY_PURE_PYTHON=1 or the fast path is not built (then the reference)."""
+    if os.environ.get("LGWAN_GATEWAY_PURE_PYTHON") == "1":
+        return _checksum_py
+    try:
+        from gateway._fastpath import inet_checksum
+    except ImportError:
+        return _checksum_py
+    return inet_checksum
+
+
+_checksum = _select_checksum()
 
 
 def _pseudo(family: int, src: bytes, dst: bytes, length: int) -> bytes:
