@@ -90,12 +90,15 @@ class Session:
     """A message sent in MSS segments with one lost inside the attachment; the sender then resends
     only its first unacknowledged segment (RTO) until the server's ACK reaches the hole."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, lose_in_header: bool = False) -> None:
         self.s = Stalled()
         self.start, content = self.s.until_data(_message(data))
         self.end = self.start + len(content)
         self.segs = [(self.start + i, content[i : i + MSS]) for i in range(0, len(content), MSS)]
         self.lost = len(self.segs) // 2
+        if lose_in_header:  # the segment after the attachment's header block starts: it stays incomplete
+            at = self.start + content.index(b"Content-Type: application")
+            self.lost = next(k for k, (o, d) in enumerate(self.segs) if o <= at < o + len(d)) + 1
         for k, (off, data_) in enumerate(self.segs):
             if k != self.lost:
                 self.s.pkt("c", off, data_)
@@ -162,3 +165,21 @@ def test_exact_copies_of_the_edge_segment_are_duplicates_not_a_stall() -> None:
     t.resend()
     t.resend()
     assert not t.stuck()
+
+
+def test_a_stall_inside_a_header_block_releases_it_and_decides_the_part_late() -> None:
+    t = Session(MACRO_ZIP, lose_in_header=True)
+    t.resend()
+    t.resend()
+    assert not t.stuck()
+    smtp = t.finish()
+    assert [e["email"]["verdict"] for e in smtp] == ["refused"]  # could not be neutralized any more
+    assert "decided after the part was released" in str(smtp[0]["email"])
+
+
+def test_a_stall_inside_a_header_block_delivers_a_clean_part_unchanged() -> None:
+    t = Session(CLEAN_ZIP, lose_in_header=True)
+    t.resend()
+    t.resend()
+    smtp = t.finish()
+    assert [e["email"]["verdict"] for e in smtp] == ["delivered"]

@@ -212,18 +212,24 @@ class _Message:
     actions: set[str] = field(default_factory=set)  # DEL_ATTACH CHG_TEXT REP_LINK
     finished: bool = False
     qids: list[str] = field(default_factory=list)
+    forced: int = 0  # content released by a stall before the MIME parser covered it
 
     def stalled(self) -> None:
         """The client resends the first byte we hold: it cannot send further (window, or a lost
         segment it will only resend once acknowledged), and only our release brings that ACK.
-        Stop holding the undecided part (it is then decided at its end: a "remove" refuses)."""
+        Stop holding the undecided part (it is then decided at its end: a "remove" refuses).
+        If what is held is the start of a header block the MIME parser has not finished (its
+        rest is in the lost segment), release that too when nothing is being rewritten: the
+        part it starts can then no longer be neutralized, so it is LATE from its start."""
         p = self.current
         if p is not None and p.state == PENDING:
             p.state = LATE
+        if p is None or p.ended or (p.state in (PASS, LATE) and p.san is None):
+            self.forced = len(self.content)
 
     def hold(self) -> int:
         """Content offset before which bytes may be released."""
-        h = self.covered
+        h = max(self.covered, self.forced)
         p = self.current
         if p is not None:
             if p.state == PENDING:
@@ -478,6 +484,8 @@ class _Conn:
                 m.root = ev
             if ev.kind == "leaf":
                 p = _Part(ev, done_to=ev.body_start, san_out=ev.body_start)
+                if ev.header_start < m.forced:
+                    p.state = LATE  # a stall released part of its headers: it cannot be neutralized
                 m.parts[ev.path] = p
                 m.current = p
             m.heads.add(ev)
@@ -575,6 +583,9 @@ class _Conn:
             p.decoded = None
             if not late:
                 self._setup_sanitizer(m, p)
+            elif bool(_opt(self.profile, "html_to_text", False)) and "text/html" in (self._declared(p), cls.true_type):
+                # the classifier passes HTML text because it is converted in place; released already
+                self._refuse_message(m, "HTML text released before it could be converted to text")
             return
         p.reason = cls.reason
         if action == "neutralize" and not late:
