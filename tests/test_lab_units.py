@@ -104,3 +104,53 @@ def test_lab_host_server(server: tuple[dict[str, int], Path]) -> None:
 
 def test_hosts_by_name() -> None:
     assert HOSTS_BY_NAME["chukan"].bridge_port == "lgwan-wan-40"
+
+
+# --- the impairment shim's decisions (gateway/lab/impair.py), no NFQUEUE needed ------------------
+
+
+def _session_packets(sport: int, isn: int, data: bytes, mss: int = 100) -> list[bytes]:
+    from scapy.layers.inet import IP, TCP
+
+    def pkt(seq: int, flags: str, payload: bytes = b"") -> bytes:
+        return bytes(
+            IP(src="198.19.40.25", dst="198.18.20.25") / TCP(sport=sport, dport=25, seq=seq, flags=flags) / payload
+        )
+
+    out = [pkt(isn, "S")]
+    out += [pkt(isn + 1 + i, "PA", data[i : i + mss]) for i in range(0, len(data), mss)]
+    return [*out, pkt(isn + 1 + len(data), "FA")]
+
+
+def _decide(packets_by_session: list[list[bytes]]) -> tuple[list[list[str]], dict[str, int]]:
+    from gateway.lab.impair import Accept, Drop, Impairer, Impairments, Send
+
+    imp = Impairer(Impairments(seed=3, reorder=0.2, duplicate=0.2, drop=0.2))
+    pid, result = 0, []
+    for packets in packets_by_session:
+        verdicts: dict[int, str] = {}
+        copies = 0
+        for raw in packets:
+            pid += 1
+            for op in imp.packet(pid, raw, float(pid), outgoing=True):
+                if isinstance(op, Send):
+                    copies += 1
+                else:
+                    assert op.packet_id not in verdicts, "two verdicts for one packet"
+                    verdicts[op.packet_id] = "accept" if isinstance(op, Accept) else "drop"
+        for op in imp.close():
+            if isinstance(op, Accept | Drop):
+                verdicts[op.packet_id] = "accept" if isinstance(op, Accept) else "drop"
+        assert len(verdicts) == len(packets), "a packet without a verdict"
+        result.append([verdicts[k] for k in sorted(verdicts)] + [f"copies={copies}"])
+    return result, imp.counters
+
+
+def test_impairer_decides_every_packet_once_and_the_same_way_each_time() -> None:
+    data = bytes(range(256)) * 20
+    first, counters = _decide([_session_packets(40001, 1000, data), _session_packets(40002, 9000, data)])
+    again, _ = _decide([_session_packets(50001, 77, data), _session_packets(50002, 123456, data)])
+    assert first == again  # other ports and ISNs, same sessions in the same order: same impairments
+    assert first[0] != first[1]  # but two sessions are not impaired alike
+    assert counters["dropped"] and counters["reordered"] and counters["duplicated"]
+    assert all(v == "accept" for v in (first[0][0], first[0][-2]))  # SYN and FIN-only pass untouched

@@ -6,7 +6,8 @@ directions) through an NFQUEUE (the project's own binding, `gateway._nfq`, with 
 and decides every segment:
 
 - **drop**: the segment is not sent (only its first transmission: a retransmission always passes,
-  so each loss costs the sender one recovery, never an endless one);
+  so each loss costs the sender one recovery, never an endless one). Data carrying a FIN is never
+  dropped: the gateway's injected `554` + FIN is sent once, nobody retransmits it;
 - **reorder**: the segment is held and released right after the next packet of its direction
   (or after `hold_s` when no packet follows), so the two go out swapped;
 - **duplicate**: the segment goes out, then a copy of it (raw socket with `SO_MARK`, which the
@@ -17,9 +18,10 @@ and decides every segment:
 
 Only segments that carry data are impaired; SYN, FIN-only, RST and pure ACKs pass as they are.
 Decisions are seeded and deterministic per segment, not per arrival: each is drawn from
-`random.Random("seed:direction:offset:length:occurrence")`, where offset is relative to the
-direction's ISN. The same message sent twice (other ports, other ISNs) gets the same impairments
-wherever its segmentation is the same, whatever the timing.
+`random.Random("seed:session:direction:offset:length:occurrence")`, where session numbers the
+connections in the order their SYNs pass the shim and offset is relative to the direction's ISN.
+The same sessions sent again in the same order (other ports, other ISNs) get the same
+impairments wherever their segmentation is the same, whatever the timing.
 
 The iptables rules (a chain `LGW_IMPAIR` and a jump from OUTPUT and INPUT) are removed on exit,
 also after SIGTERM/SIGINT; if the process is killed hard, the rules stay and, with no listener,
@@ -60,7 +62,7 @@ CHAIN = "LGW_IMPAIR"
 SHIM_MARK = 0x4C470000  # the shim's own copies carry it and skip its rules
 DEFAULT_QUEUE = 100  # NFQUEUE numbers are per network namespace
 V_INSPECT = 2  # gateway.fastpath.common.INSPECT: the binding hands the packet over without a verdict
-_SYN, _RST = 0x02, 0x04
+_FIN, _SYN, _RST, _ACK = 0x01, 0x02, 0x04, 0x10
 SO_MARK = getattr(socket, "SO_MARK", 36)
 
 
@@ -115,6 +117,7 @@ class Impairer:
 
     cfg: Impairments
     isn: dict[Direction, int] = field(default_factory=dict)
+    session: dict[frozenset[tuple[bytes, int]], int] = field(default_factory=dict)  # connection -> number
     seen: dict[tuple[Direction, int, int], int] = field(default_factory=dict)
     held: dict[Direction, _Held] = field(default_factory=dict)
     counters: dict[str, int] = field(
@@ -130,27 +133,32 @@ class Impairer:
         d: Direction = (t.src, t.sport, t.dst, t.dport)
         if t.flags & _SYN:
             self.isn[d] = t.seq
+            if not t.flags & _ACK:  # a new connection: the next session number
+                self.session[frozenset(((t.src, t.sport), (t.dst, t.dport)))] = len(self.session)
         ops: list[Op] = []
         if not t.payload or t.flags & (_SYN | _RST):
             ops.append(Accept(packet_id))
         else:
-            ops += self._data(packet_id, pkt, d, t.seq, len(t.payload), now, outgoing)
+            ops += self._data(packet_id, pkt, d, t.seq, len(t.payload), now, outgoing, bool(t.flags & _FIN))
         held = self.held.get(d)
         if held is not None and held.packet_id != packet_id:  # the next packet went first: release
             ops += self._release(d)
         return ops
 
-    def _data(self, packet_id: int, pkt: bytes, d: Direction, seq: int, n: int, now: float, outgoing: bool) -> list[Op]:
+    def _data(
+        self, packet_id: int, pkt: bytes, d: Direction, seq: int, n: int, now: float, outgoing: bool, fin: bool
+    ) -> list[Op]:
         self.counters["data"] += 1
         offset = (seq - self.isn.get(d, 0)) % (1 << 32)
         key = (d, offset, n)
         occurrence = self.seen.get(key, 0)
         self.seen[key] = occurrence + 1
         side = "out" if outgoing else "in"
-        rnd = random.Random(f"{self.cfg.seed}:{side}:{offset}:{n}:{occurrence}")
+        conn = self.session.get(frozenset(((d[0], d[1]), (d[2], d[3]))), -1)
+        rnd = random.Random(f"{self.cfg.seed}:{conn}:{side}:{offset}:{n}:{occurrence}")
         u, dup = rnd.random(), rnd.random() < self.cfg.duplicate and outgoing
         copy = pkt if dup else None
-        if occurrence == 0 and u < self.cfg.drop:
+        if occurrence == 0 and u < self.cfg.drop and not fin:
             self.counters["dropped"] += 1
             return [Drop(packet_id)]
         if u < self.cfg.drop + self.cfg.reorder and d not in self.held:
