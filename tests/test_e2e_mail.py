@@ -552,7 +552,7 @@ def _check_delivered(
             problems.append(f"{where}: part {path} not quarantined ({qid!r})")
             continue
         stored.add(qid)
-        if qid[:8] not in notice and full_notice:
+        if qid not in notice and full_notice:
             problems.append(f"{where}: part {path} notice does not name its quarantine id {qid}")
         e = store.get(qid)
         if store.read_original(qid) != p.data or e.sha256 != ev["sha256"] or e.meta.kind != "part":
