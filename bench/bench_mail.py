@@ -12,8 +12,12 @@ every attachment neutralized in place and quarantined) and tcp/2526 with a profi
 (tcp/25 on lgwan-mail is the lab's aiosmtpd; the benchmark's peers are fast C programs instead.)
 
   server  postfix's `smtp-sink` on lgwan-mail (2525 and 2526), answering 250 to everything
-  client  postfix's `smtp-source` on internet-relay: S sessions in parallel, each sending its
-          messages over one connection (-d), as a relay does; the message is a prepared file (-F)
+  clients on internet-relay, S sessions in parallel, each sending its messages over one
+          connection, as a relay does (--client, default both):
+          smtplib      Python's smtplib.sendmail (it dot-stuffs every message, as a Python relay
+                       would), one process per session
+          smtp-source  postfix's C client (-d -s S -F FILE): the fastest peer, so that the
+                       gateway and not the client is what limits
 
 Cases, each in a freshly built lab, rounds interleaved so drift hits every case alike:
 
@@ -23,7 +27,7 @@ Cases, each in a freshly built lab, rounds interleaved so drift hits every case 
   gateway    `lab up`: the daemon with the benchmark policy, every packet of the two mail flows
              through NFQUEUE and the mail inspector (inspected flows are never offloaded)
 
-Workloads: `5mb` (a message with a 5 MiB JPEG attachment, base64: ~7.1 MB on the wire) and
+Workloads: `5mb` (a message with a 5 MiB JPEG attachment, base64: ~7.2 MB on the wire) and
 `50kb` (a message of ~50 KB: a short text and a 36 KiB JPEG). Rates are message bytes (the
 DATA content) per second and messages per second over the wall time of the whole transfer.
 Machine load: the 1-minute load average after each measurement and the CPU busy share during
@@ -293,9 +297,9 @@ def sinks(lab: Any, procs: Procs, tmp: Path) -> Iterator[None]:
     ns = lab.namespace("lgwan-mail")
     started = []
     for port in PORTS.values():
-        log = (tmp / f"smtp-sink-{port}.log").open("wb")
         argv = netns.exec_argv(ns, ["smtp-sink", "-u", "postfix", "-4", f"{MAIL}:{port}", "256"])
-        started.append(procs.spawn(argv, stdout=log, stderr=log))
+        with (tmp / f"smtp-sink-{port}.log").open("wb") as log:  # the child keeps its own copy
+            started.append(procs.spawn(argv, stdout=log, stderr=log))
     try:
         deadline = time.monotonic() + 5
         while True:
@@ -313,8 +317,8 @@ def sinks(lab: Any, procs: Procs, tmp: Path) -> Iterator[None]:
 
 def smtplib_client(port: int, path: str, count: int) -> int:
     """One session of the smtplib client (run inside the relay's namespace by transfer()):
-    `count` messages with smtplib's sendmail (it dot-stuffs and fixes line ends per message,
-    as a Python relay would); prints the wall-clock start and end for the parent."""
+    `count` messages with smtplib's sendmail (it dot-stuffs each message, as a Python relay
+    would); prints the wall-clock start and end for the parent."""
     import smtplib
 
     msg = Path(path).read_bytes()
