@@ -71,8 +71,9 @@ def _lab(prefix: str) -> Any:
     # a fixed state dir per prefix: a run killed before its teardown left its PIDs there, and this
     # `down` ends those processes, not only the namespaces
     state = Path(tempfile.gettempdir()) / f"lgwan-gateway-test-lab.{prefix}"
-    Lab(state, prefix=prefix).down()
-    return running_lab(config=DEFAULT_CONFIG, daemon=True, state_dir=state, prefix=prefix, isolate_zones=True)
+    return running_lab(
+        config=DEFAULT_CONFIG, daemon=True, state_dir=state, prefix=prefix, isolate_zones=True, fresh=True
+    )
 
 
 def _metrics(lab: Lab) -> dict[str, float]:

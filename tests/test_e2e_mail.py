@@ -385,12 +385,10 @@ def prun(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     tmp = tmp_path_factory.mktemp(f"mail-{profile}")
     config = _config(profile, tmp)
     state = Path(tempfile.gettempdir()) / f"lgwan-gateway-test-lab.{PREFIX}"
-    leftover = Lab(state, prefix=PREFIX)
-    with leftover.locked(wait_s=300):  # not while another run of these tests has its lab up
-        leftover.down()  # leftovers of a killed earlier run
     seconds: dict[str, float] = {}
     t0 = time.monotonic()
-    with running_lab(config=config, daemon=True, state_dir=state, prefix=PREFIX) as lab:
+    # fresh: a killed earlier run's leftovers go first, under the lab lock (never another run's lab)
+    with running_lab(config=config, daemon=True, state_dir=state, prefix=PREFIX, fresh=True) as lab:
         seconds["lab_up"] = time.monotonic() - t0
         caps = _start_capture(lab, tmp)
         try:

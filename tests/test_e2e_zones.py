@@ -79,8 +79,10 @@ def test_table_agrees_with_the_policy_offline() -> None:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     state = tmp_path_factory.mktemp("e2e")
-    Lab(state, prefix=PREFIX).down()  # leftovers of a killed earlier run
-    with running_lab(config=DEFAULT_CONFIG, daemon=True, state_dir=state, prefix=PREFIX, isolate_zones=True) as lab:
+    # fresh: leftovers of a killed earlier run (taken down under the lab lock)
+    with running_lab(
+        config=DEFAULT_CONFIG, daemon=True, state_dir=state, prefix=PREFIX, isolate_zones=True, fresh=True
+    ) as lab:
         yield lab
     assert not [n for n in netns.list_namespaces() if n.startswith(PREFIX)]
 

@@ -54,8 +54,8 @@ def _cli(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     state = tmp_path_factory.mktemp("lab")
-    Lab(state, prefix=PREFIX).down()  # leftovers of a killed earlier run of this file
-    with running_lab(daemon=False, state_dir=state, prefix=PREFIX) as lab:
+    # fresh: leftovers of a killed earlier run of this file
+    with running_lab(daemon=False, state_dir=state, prefix=PREFIX, fresh=True) as lab:
         yield lab
     assert not [n for n in netns.list_namespaces() if n.startswith(PREFIX)]
 

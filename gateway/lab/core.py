@@ -506,14 +506,19 @@ def running_lab(
     daemon_args: Sequence[str] = (),
     isolate_zones: bool = False,
     lock_wait_s: float = 300.0,
+    fresh: bool = False,
 ) -> Iterator[Lab]:
     """Bring the lab up, yield it, and always tear it down (also when `up` fails halfway).
 
     Holds the lab lock throughout, so concurrent test runs with the same prefix wait for each other.
+    `fresh`: first `down` whatever a killed earlier run left under this prefix and state dir,
+    under the lock (a `down` outside it would tear down a lab another run has up right now).
     """
     lab = Lab(state_dir, prefix=prefix, config=config, daemon_args=daemon_args, isolate_zones=isolate_zones)
     with lab.locked(wait_s=lock_wait_s):
         try:
+            if fresh:
+                lab.down()
             lab.up(daemon=daemon)
             yield lab
         finally:
