@@ -30,7 +30,7 @@ from email.mime.text import MIMEText
 from typing import Any
 
 import corpus
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from inspect_helpers import Run, data_content, drive, received, session
 
@@ -41,7 +41,13 @@ SMALL = [s for s in corpus.SAMPLES if len(s.data) <= 16384 and s.key not in ("ov
 DANGEROUS = [s for s in SMALL if s.verdict == "remove"]
 CLEAN = [s for s in SMALL if s.verdict == "pass"]
 DATA = {s.key: s.data for s in SMALL}
-FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+FUZZ = settings(
+    max_examples=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    database=None,
+    phases=[Phase.explicit, Phase.generate, Phase.shrink],  # no "explain": its tracing is slow here
+)
 QID = re.compile(rb"^\d{8}T\d{6}Z-[0-9a-f]{12}")
 
 
@@ -184,13 +190,13 @@ def test_no_removed_part_is_delivered(
     if mutated:
         return
     # the corpus' ground truth: a dangerous attachment under its own name is never delivered
-    clean_data = {DATA[s.key] for s, _ in atts if s.verdict == "pass"}
+    uses = Counter(DATA[s.key] for s, _ in atts)  # the same bytes under another name may pass
     for n, (s, name) in enumerate(atts):
         if s.verdict != "remove" or name != s.filename:
             continue
         for p, b in zip(parts, bodies, strict=True):
             assert p.get("X-Fuzz-Id") != str(n) or b != DATA[s.key], f"{s.key} delivered as {name!r}"
-            if DATA[s.key] not in clean_data:
+            if uses[DATA[s.key]] == 1:
                 assert DATA[s.key] not in b, f"{s.key} delivered"
     notices = [b for p, b in zip(parts, bodies, strict=True) if p.get_content_type() == "text/plain" and QID.match(b)]
     neutralized = [e for e in run.events if e["event_type"] == "file" and e["fileinfo"]["verdict"] == "neutralized"]
