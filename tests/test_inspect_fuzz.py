@@ -179,6 +179,7 @@ def test_no_removed_part_is_delivered(
         e["fileinfo"]["sha256"] for e in run.events if e["event_type"] == "file" and e["fileinfo"]["verdict"] == "pass"
     }
     removed = Counter(o for o, m in run.store.items.values() if m.kind == "part")
+    sent_bodies = [decoded(p) for p in leaves(raw)]
     for orig, n in removed.items():
         if len(orig) < 32 or hashlib.sha256(orig).hexdigest() in passed:
             continue  # (the same bytes under a harmless name may pass: a name trick is in the name)
@@ -186,7 +187,9 @@ def test_no_removed_part_is_delivered(
         # (a mutated header can make another part's raw text equal to a removed one)
         for form in (orig, base64.encodebytes(orig).replace(b"\n", b"\r\n")):
             assert content.count(form) <= max(0, raw.count(form) - n), "a removed part was delivered"
-        assert all(orig not in b for b in bodies), "a removed part was delivered (decoded)"
+        # decoded as a mail client does: as many fewer copies (another part may hold the same bytes)
+        before = sum(b.count(orig) for b in sent_bodies)
+        assert sum(b.count(orig) for b in bodies) <= max(0, before - n), "a removed part was delivered (decoded)"
     if mutated:
         return
     # the corpus' ground truth: a dangerous attachment under its own name is never delivered

@@ -221,3 +221,37 @@ def test_inspector_sanitizes_base64_text_parts(mss: int) -> None:
     smtp = next(e for e in r.events if e["event_type"] == "smtp")
     assert smtp["email"]["verdict"] == "sanitized"
     assert "CHG_TEXT" in smtp["email"]["reason"] and "REP_LINK" in smtp["email"]["reason"]
+
+
+JIS_TEXT = st.lists(
+    st.sampled_from(
+        [
+            "本文",
+            "ｶﾀｶﾅ",
+            "ｼｽﾃﾑ>",
+            "漢字",
+            kanji_with_http_bytes(),
+            " http://a.example/ ",
+            "<b>",
+            "</b>",
+            "\r\n",
+            "x",
+            "HTTP",
+        ]
+    ),
+    max_size=30,
+).map("".join)
+
+
+@FUZZ
+@given(JIS_TEXT, st.lists(st.integers(0, 400)), st.booleans())
+def test_iso2022_only_ascii_changes_any_chunking(text: str, cuts: list[int], html: bool) -> None:
+    raw = text.encode("iso2022_jp_ext")  # half-width kana as ESC ( I
+    out = run(Iso2022Guard(TextSanitizer(html, True)), raw, cuts)
+    assert len(out) == len(raw)
+    got = out.decode("iso2022_jp_ext")
+    # every non-ASCII character is where it was; ASCII text equals the plain sanitizer's on it
+    assert [c for c in got if ord(c) > 0x7F] == [c for c in text if ord(c) > 0x7F]
+    assert "http" not in got.lower().replace(kanji_with_http_bytes().lower(), "")
+    ascii_only = "".join(c for c in text if ord(c) < 0x80).encode()
+    assert "".join(c for c in got if ord(c) < 0x80).encode() == reference(ascii_only, html=html)

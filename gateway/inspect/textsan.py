@@ -37,6 +37,7 @@ _ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _ALPHABET_PAD = _ALPHABET + b"="
 _B64 = frozenset(_ALPHABET)
 _NON_WS = re.compile(rb"[^\r\n \t]+")
+_SPECIAL = re.compile(rb"[\x1b\x0e\x0f\r\n]")  # bytes that change (or reset) the ISO-2022-JP mode
 _PAD = 0x3D  # '='
 _BLANK = b"ICAg"  # base64 of three spaces
 
@@ -64,6 +65,22 @@ def is_wide(charset: str | None) -> bool:
     return cs.startswith(("utf-16", "utf-32", "ucs-2", "ucs-4", "utf16", "utf32"))
 
 
+def scatter(raw: bytearray, base: int, runs: deque[tuple[int, int]], data: bytes) -> None:
+    """Write data over the first len(data) bytes of runs ((stream offset, length), in order;
+    raw[0] is at stream offset base), consuming them."""
+    k = 0
+    while k < len(data):
+        off, ln = runs[0]
+        take = min(ln, len(data) - k)
+        i = off - base
+        raw[i : i + take] = data[k : k + take]
+        k += take
+        if take == ln:
+            runs.popleft()
+        else:
+            runs[0] = (off + take, ln - take)
+
+
 class Iso2022Guard:
     """TextSanitizer over the ASCII-mode bytes of ISO-2022-JP text only."""
 
@@ -73,8 +90,9 @@ class Iso2022Guard:
         self._so = False  # shifted out (SO/SI kana of CP50221)
         self._esc: bytearray | None = None  # an escape sequence being read
         self._single = False  # ESC N: the next byte is a G2 character
-        self._raw = bytearray()  # raw bytes not yet returned
-        self._pos: list[int] = []  # indexes in _raw of ASCII-mode bytes the inner has not settled
+        self._raw = bytearray()  # raw bytes not yet returned; _raw[0] is at stream offset _base
+        self._base = 0
+        self._runs: deque[tuple[int, int]] = deque()  # (offset, length): ASCII-mode bytes not settled
 
     @property
     def blanked(self) -> bool:
@@ -113,24 +131,40 @@ class Iso2022Guard:
             return False
         return self._ascii and not self._so
 
+    def _pick(self, off: int, data: bytes, picked: bytearray) -> None:
+        runs = self._runs
+        if runs and runs[-1][0] + runs[-1][1] == off:
+            runs[-1] = (runs[-1][0], runs[-1][1] + len(data))
+        else:
+            runs.append((off, len(data)))
+        picked += data
+
     def _run(self, data: bytes, final: bool) -> bytes:
-        base = len(self._raw)
+        start = self._base + len(self._raw)
         self._raw += data
         picked = bytearray()
-        for i, b in enumerate(data):
-            if self._mode(b):
-                self._pos.append(base + i)
-                picked.append(b)
+        i, n = 0, len(data)
+        while i < n:  # text runs between mode-relevant bytes in one step, those bytes one by one
+            if self._esc is None and not self._single:
+                m = _SPECIAL.search(data, i)
+                j = m.start() if m is not None else n
+                if j > i and self._ascii and not self._so:
+                    self._pick(start + i, data[i:j], picked)
+                i = j
+                if i == n:
+                    break
+            if self._mode(data[i]):
+                self._pick(start + i, data[i : i + 1], picked)
+            i += 1
         out = self.inner.feed(bytes(picked))
         if final:
             out += self.inner.final()
-        for k, b in enumerate(out):  # settled ASCII bytes, in order
-            self._raw[self._pos[k]] = b
-        del self._pos[: len(out)]
-        edge = len(self._raw) if not self._pos else self._pos[0]
-        done = bytes(self._raw[:edge])
-        del self._raw[:edge]
-        self._pos = [p - edge for p in self._pos]
+        scatter(self._raw, self._base, self._runs, out)  # settled ASCII bytes, in order
+        edge = self._runs[0][0] if self._runs else self._base + len(self._raw)
+        cut = edge - self._base
+        done = bytes(self._raw[:cut])
+        del self._raw[:cut]
+        self._base = edge
         return done
 
     def feed(self, data: bytes) -> bytes:
@@ -180,17 +214,7 @@ class Base64TextSanitizer:
 
     def _scatter(self, enc: bytes) -> None:
         """Write enc over the first len(enc) pending characters, where they stand in _raw."""
-        k = 0
-        while k < len(enc):
-            off, ln = self._runs[0]
-            take = min(ln, len(enc) - k)
-            i = off - self._base
-            self._raw[i : i + take] = enc[k : k + take]
-            k += take
-            if take == ln:
-                self._runs.popleft()
-            else:
-                self._runs[0] = (off + take, ln - take)
+        scatter(self._raw, self._base, self._runs, enc)
         del self._chars[: len(enc)]
 
     def _encode_ready(self) -> None:
