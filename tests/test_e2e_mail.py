@@ -19,10 +19,11 @@ to what was sent, neutralized parts a text/plain `.txt` notice naming the reason
 answered `554 5.7.1` and absent from the Maildir, every removed part / refused message in the
 quarantine with matching SHA-256, `smtp` and `file` events as expected. The shim run must
 complete every session and deliver the same messages as the clean run (quarantine ids aside),
-except where the shim's loss falls inside a part the inspector holds undecided: the sender stalls,
-the inspector lets the part stream and decides it late, so such a message is refused (`554 5.7.1
-... decided after the part was released`), never delivered unsanitized (docs/mail-inspection.md,
-"Stalled senders"). With the shim's seed that is the PPAP message, in both profiles. Two ~80 KB
+which it does: the inspector answers a segment held past a gap with a SACK from the server side,
+so the client resends the gap at once. Were a sender still to stall inside a part held undecided,
+the inspector would let the part stream and decide it late: such a message may only be refused
+(`554 5.7.1 ... decided after the part was released`), never delivered unsanitized
+(docs/mail-inspection.md, "Stalled senders"); before the SACK hints that was the PPAP message. Two ~80 KB
 zips (clean, and with an exe) go over the clean path only: larger than a sender's initial window,
 the allowlist profile's whole-part hold stalls the sender even without loss, the zip streams and
 is decided at its end: the clean one delivered unchanged, the other refused as decided late.
@@ -128,8 +129,9 @@ class Mail:
     key: str
     wire: bytes
     parts: dict[str, Part]  # MIME path ("1", "2.1", "" for a single-part message) -> part
-    # sent through the shim too: the large ones are not (each loss there costs a retransmission
-    # timeout, the inspector holding what follows a hole; ~20 s for two 80 KB messages)
+    # sent through the shim too: not the large ones, whose allowlist outcome (decided late after a
+    # window stall, or in time when the shim's SACK-hinted recovery keeps the sender going) would
+    # depend on the path
     shim: bool = True
 
     @property

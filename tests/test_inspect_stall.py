@@ -183,3 +183,49 @@ def test_a_stall_inside_a_header_block_delivers_a_clean_part_unchanged() -> None
     t.resend()
     smtp = t.finish()
     assert [e["email"]["verdict"] for e in smtp] == ["delivered"]
+
+
+def _sack_session(offer: bool) -> tuple[Stalled, int]:
+    """Handshake with SACK permitted and timestamps (as Linux offers), then DATA content with one
+    segment missing; returns the session and the content start offset."""
+    s = Stalled()
+    opts = [("SAckOK", b""), ("Timestamp", (1000, 0))] if offer else []
+    for d, flags in (("c", "S"), ("s", "SA")):
+        src, dst = (CLIENT, SERVER) if d == "c" else (SERVER, CLIENT)
+        seq, ack = (ISN_C, 0) if d == "c" else (ISN_S, ISN_C + 1)
+        raw = bytes(
+            IP(src=src[0], dst=dst[0]) / TCP(sport=src[1], dport=dst[1], seq=seq, ack=ack, flags=flags, options=opts)
+        )
+        s.pid += 1
+        s.run.sent[s.pid] = (d, 0, b"", raw)
+        s.run.execute(s.run.insp.packet(s.pid, raw, s.ts, s.ctx))
+    s.pkt("c", 0, b"", "A")
+    turns = session(_message(CLEAN_ZIP))
+    for d, data in turns[:9]:
+        s.pkt(d, s.pos[d], data)
+        s.pos[d] += len(data)
+    return s, s.pos["c"]
+
+
+def test_a_segment_past_a_gap_gets_the_client_a_sack_from_the_server_side() -> None:
+    s, start = _sack_session(offer=True)
+    content = session(_message(CLEAN_ZIP))[9][1]
+    s.pkt("c", start, content[:MSS])
+    s.pkt("c", start + 2 * MSS, content[2 * MSS : 3 * MSS])  # [MSS, 2*MSS) is missing
+    hints = [i for i in s.run.injected if i.reason == "sack"]
+    assert len(hints) == 1 and hints[0].toward == "client"
+    t = IP(hints[0].packet)[TCP]
+    assert (t.sport, t.dport, t.flags) == (SERVER[1], CLIENT[1], "A") and not bytes(t.payload)
+    assert t.ack <= ISN_C + 1 + start + MSS  # never acknowledges what the server has not
+    sack = dict(t.options)["SAck"]
+    assert sack == (ISN_C + 1 + start + 2 * MSS, ISN_C + 1 + start + 3 * MSS)
+    assert "Timestamp" in dict(t.options)  # PAWS: the server's timestamp, the client's echoed
+    s.pkt("c", start + MSS, content[MSS : 2 * MSS])  # the gap filled: no more hints
+    assert len([i for i in s.run.injected if i.reason == "sack"]) == 1
+
+
+def test_no_sack_hint_when_the_handshake_did_not_offer_sack() -> None:
+    s, start = _sack_session(offer=False)
+    content = session(_message(CLEAN_ZIP))[9][1]
+    s.pkt("c", start + 2 * MSS, content[2 * MSS : 3 * MSS])
+    assert not s.run.injected

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 from gateway.fastpath.common import flow_id_for
 from gateway.inspect.commands import Command, Drop, Forward, Inject, Log, Quarantine
-from gateway.inspect.packet import PacketError, TcpPacket, build_tcp, parse_tcp, with_payload
+from gateway.inspect.packet import PacketError, TcpPacket, build_tcp, parse_tcp, tcp_options, with_payload
 from gateway.inspect.rewrite import (
     BodyFiller,
     html_to_text_headers,
@@ -278,6 +278,12 @@ class _Conn:
         self.smtp = SMTPConnection(SMTPLimits(max_message_size=max_msg))
         self.pkts: dict[int, tuple[bytes, TcpPacket]] = {}
         self.server_acked = 0  # client stream offset the server acknowledged (its rcv_nxt)
+        # for the SACK hints (_sack_hint): both SYNs offered SACK; the server's last window and
+        # timestamp, the client's last timestamp
+        self.sack_offered = [False, False]
+        self.srv_window = 0
+        self.srv_ts: bytes | None = None
+        self.cli_ts: bytes | None = None
         self.edge = (0, 0)  # (server_acked, client resends of the byte there): stall detection
         self.rewrites: dict[Direction, list[tuple[int, bytes]]] = {C2S: [], S2C: []}
         self.msg: _Message | None = None
@@ -301,6 +307,7 @@ class _Conn:
             self._after_refusal(packet_id, tcp, d)
             return
         stall = d is C2S and self._resends_held_edge(pkt, tcp)
+        self._track_options(pkt, tcp, d)
         cisn = self.isn[C2S]
         if d is S2C and tcp.flags & ACK and cisn is not None:
             acked = (tcp.ack - cisn - 1) % SEQ_MOD
@@ -316,6 +323,49 @@ class _Conn:
         if stall and self.msg is not None and not self.msg.finished and not self.refused:
             self.msg.stalled()
             self._handle(self._release())
+        if d is C2S and tcp.payload and not self.refused:
+            self._sack_hint(tcp)
+
+    def _track_options(self, pkt: bytes, tcp: TcpPacket, d: Direction) -> None:
+        opts = tcp_options(pkt, tcp) if tcp.payload_offset > tcp.tcp_offset + 20 else {}
+        if tcp.flags & SYN:
+            self.sack_offered[d] = 4 in opts
+        ts = opts.get(8)
+        if d is S2C:
+            self.srv_window = tcp.window
+            if ts is not None and len(ts) == 8:
+                self.srv_ts = ts[:4]
+        elif ts is not None and len(ts) == 8:
+            self.cli_ts = ts[:4]
+
+    def _sack_hint(self, tcp: TcpPacket) -> None:
+        """Tell the client what we hold past a gap, as the server would if it saw it.
+
+        Segments past a gap wait here (the inspector parses in order), so the server never sees
+        them and sends no duplicate ACKs or SACKs: the client could only find the missing
+        segment by a retransmission timeout, and inside a part we hold undecided it would only
+        ever resend its first unacknowledged segment (a stall, refused as decided late). A
+        duplicate ACK (the server's last ACK, window and timestamp) with SACK blocks for the
+        out-of-order bytes we hold makes it resend the gap at once. SACK is advisory: the client
+        keeps those bytes until the server acknowledges them. Only when both SYNs offered SACK."""
+        ooo = self.r.out_of_order(C2S)
+        cisn, sisn = self.isn
+        if not ooo or not all(self.sack_offered) or cisn is None or sisn is None or not self.insp.config.inject:
+            return
+        here = (tcp.seq - cisn - 1) % SEQ_MOD
+        ooo.sort(key=lambda r: not (r[0] <= here < r[1]))  # the block with this segment first
+        opts = b""
+        if self.srv_ts is not None and self.cli_ts is not None:
+            opts += b"\x01\x01\x08\x0a" + self.srv_ts + self.cli_ts
+        blocks = ooo[: (40 - len(opts) - 4) // 8]
+        opts += b"\x01\x01\x05" + bytes((2 + 8 * len(blocks),))
+        for a, b in blocks:
+            opts += ((cisn + 1 + a) % SEQ_MOD).to_bytes(4, "big") + ((cisn + 1 + b) % SEQ_MOD).to_bytes(4, "big")
+        src, dst = self.server, self.client
+        seq = (sisn + 1 + self.r.released(S2C)) % SEQ_MOD
+        ack = (cisn + 1 + self.server_acked) % SEQ_MOD
+        pkt = build_tcp(self.family, src[0], dst[0], src[1], dst[1], seq, ack, ACK, b"", self.srv_window, options=opts)
+        self.out.append(Inject(pkt, "client", "sack"))
 
     def _resends_held_edge(self, pkt: bytes, tcp: TcpPacket) -> bool:
         """A client segment that starts where the server's ACKs stop (the sender's snd_una)

@@ -169,11 +169,17 @@ def build_tcp(
     payload: bytes = b"",
     window: int = 65535,
     ttl: int = 64,
+    options: bytes = b"",
 ) -> bytes:
-    """A minimal IPv4/IPv6 TCP segment (no options) with correct checksums."""
+    """A minimal IPv4/IPv6 TCP segment with correct checksums; `options` (a multiple of 4 bytes)
+    go after the 20-byte header."""
+    if len(options) % 4 or len(options) > 40:
+        raise ValueError("TCP options must be a multiple of 4 bytes, at most 40")
+    off = (5 + len(options) // 4) << 4
     tcp = bytearray(
-        struct.pack("!HHIIBBHHH", sport, dport, seq % (1 << 32), ack % (1 << 32), 5 << 4, flags, window, 0, 0)
+        struct.pack("!HHIIBBHHH", sport, dport, seq % (1 << 32), ack % (1 << 32), off, flags, window, 0, 0)
     )
+    tcp += options
     tcp += payload
     struct.pack_into("!H", tcp, 16, tcp_checksum(family, src, dst, bytes(tcp)))
     if family == 4:
@@ -182,3 +188,23 @@ def build_tcp(
         return bytes(ip + tcp)
     ip6 = struct.pack("!IHBB16s16s", 6 << 28, len(tcp), IPPROTO_TCP, ttl, src, dst)
     return ip6 + bytes(tcp)
+
+
+def tcp_options(pkt: bytes, t: TcpPacket) -> dict[int, bytes]:
+    """The TCP options of a parsed packet: kind -> value (last one wins; NOP and EOL skipped)."""
+    out: dict[int, bytes] = {}
+    opts = pkt[t.tcp_offset + 20 : t.payload_offset]
+    i = 0
+    while i < len(opts):
+        kind = opts[i]
+        if kind == 0:
+            break
+        if kind == 1:
+            i += 1
+            continue
+        if i + 1 >= len(opts) or opts[i + 1] < 2:
+            break
+        n = opts[i + 1]
+        out[kind] = bytes(opts[i + 2 : i + n])
+        i += n
+    return out

@@ -412,6 +412,10 @@ class Reassembler:
     def held_ids(self) -> frozenset[int]:
         return frozenset(self._ids)
 
+    def out_of_order(self, direction: Direction) -> list[tuple[int, int]]:
+        """[start, end) offsets of the bytes held past a gap (sorted, disjoint)."""
+        return [(a, a + len(b)) for a, b in self._halves[direction].ooo]
+
     @property
     def memory(self) -> int:
         return self._reserved
