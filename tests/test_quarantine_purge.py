@@ -105,3 +105,30 @@ def test_cli_older_than_dry_run_and_config(tmp_path: Path) -> None:
     assert cli("--dir", str(root), "purge", "--older-than", "-1").returncode == 2
     assert cli("--dir", str(root), "purge", "--older-than", "nan").returncode == 2
     assert cli("--dir", str(root), "verify").returncode == 0
+
+
+def test_cli_config_uses_the_profiles_retention(tmp_path: Path) -> None:
+    root = tmp_path / "q"
+    clock = Clock(T0 - 20 * DAY)  # 20 days old: past a 14-day hold, inside the 30-day window
+    s = _store(root, clock)
+    mail = s.put(b"mail profile", meta())  # FLOW.profile == "mail"
+    other = s.put(b"other profile", meta(flow=dataclasses.replace(FLOW, profile="other")))
+    text = (Path(__file__).resolve().parent.parent / "configs" / "lab.toml").read_text()
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(
+        text.replace(
+            '[profiles.mail]\nkind = "smtp"\n', '[profiles.mail]\nkind = "smtp"\noriginal_retention_days = 15\n'
+        )
+    )
+    r = cli("--dir", str(root), "purge", "--config", str(cfg), "--now", "2026-11-26T17:00:00Z")
+    assert r.returncode == 0 and r.stdout.split() == ["purged", mail], r.stderr
+    assert [e.id for e in s.list()] == [other]  # no retention for "other": its download window decides
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        text.replace(
+            '[profiles.mail]\nkind = "smtp"\n', '[profiles.mail]\nkind = "smtp"\noriginal_retention_days = 0\n'
+        )
+    )
+    r = cli("--dir", str(root), "purge", "--config", str(bad))
+    assert r.returncode == 2 and "original_retention_days" in r.stderr
+    assert [e.id for e in s.list()] == [other]
