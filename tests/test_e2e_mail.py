@@ -632,8 +632,8 @@ def _normalized(raw: bytes) -> list[tuple[str, bytes]]:
     for path, part in _leaves(_parse(raw)):
         body = part.get_payload(decode=True)
         assert isinstance(body, bytes)
-        head = bytes(part)[: bytes(part).find(b"\n\n") + 1]
-        out.append((path, head + QID.sub(b"<id>", body)))
+        head = bytes(part)[: bytes(part).find(b"\n\n") + 1]  # a neutralized part's name may hold the id
+        out.append((path, QID.sub(b"<id>", head) + QID.sub(b"<id>", body)))
     return out
 
 

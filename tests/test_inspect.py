@@ -78,13 +78,13 @@ def test_exe_neutralized_same_length(mss: int, shuffle: bool, dup: float, seed: 
     assert len(parts) == 1
     att = parts[0]
     assert att.get_content_type() == "text/plain"
-    assert att.get_filename() in ("removed.txt", "rm.txt")
     notice = att.get_payload(decode=True)
     assert b"removed" in notice and b"EXE" not in notice
     assert EXE[:64] not in notice
     # the original is in quarantine, whole, and named in the events
     ((qid, (orig, meta)),) = run.store.items.items()
     assert orig == EXE and meta.kind == "part" and meta.filename == "請求書.exe"
+    assert att.get_filename() in (f"removed-{qid}.txt", f"{qid}.txt", "removed.txt", "rm.txt")
     files = [e for e in run.events if e["event_type"] == "file"]
     exe = next(e for e in files if e["fileinfo"].get("filename") == "請求書.exe")
     assert exe["fileinfo"]["verdict"] == "neutralized" and exe["fileinfo"]["quarantine_id"] == qid

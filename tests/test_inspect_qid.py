@@ -165,3 +165,32 @@ def test_inspector_with_a_real_store(tmp_path: Path) -> None:
 
 def test_ids_are_unique() -> None:
     assert len({new_id(1.8e9) for _ in range(2000)}) == 2000
+
+
+def test_names_carry_the_id_where_they_fit() -> None:
+    from gateway.inspect.rewrite import neutralize_headers
+
+    qid = new_id(1.8e9)
+    block = (
+        b'Content-Type: application/octet-stream;\r\n name="=?ISO-2022-JP?B?GyRCQEE1YT1xGyhC?=.exe"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n"
+        b'Content-Disposition: attachment;\r\n filename="=?ISO-2022-JP?B?GyRCQEE1YT1xGyhC?=.exe"\r\n'
+    )
+    new = neutralize_headers(block, False, qid)
+    assert new is not None and len(new) == len(block)
+    m = parse(new + b"\r\nQUJD\r\n")
+    assert m.get_filename() in (f"removed-{qid}.txt", f"{qid}.txt")
+    assert m.get_param("name") in (f"removed-{qid}.txt", f"{qid}.txt")
+    short = b"Content-Type: application/x-msdownload\r\nContent-Transfer-Encoding: base64\r\n"
+    new = neutralize_headers(short, False, qid)
+    assert new is not None and parse(new + b"\r\nQUJD\r\n").get_content_type() == "text/plain"  # no room: no name
+
+
+def test_tiny_part_names_the_id_in_its_filename() -> None:
+    """A part whose body cannot hold the id (8 base64 characters) still names it."""
+    run = drive(session(one_part(_b64(b"MZ" + bytes(4)), "base64", "請求書のご送付について.exe")), mss=50)
+    content = data_content(received(run, "c"))
+    ((qid, _),) = run.store.items.items()
+    att = list(parse(content).iter_attachments())[-1]
+    assert qid in (att.get_filename() or "")
+    assert not att.get_payload(decode=True).startswith(qid.encode())  # the body alone could not

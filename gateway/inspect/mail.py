@@ -641,7 +641,8 @@ class _Conn:
         if action == "neutralize" and not late:
             msg_level = p.start.path == "" or m.kinds.get(p.start.path.rpartition(".")[0]) == "message"
             block = bytes(m.content[p.start.header_start : p.start.header_end])
-            new = neutralize_headers(block, msg_level)
+            p.qid = self.insp.new_qid(self.ts_us)
+            new = neutralize_headers(block, msg_level, p.qid)
             if new is None:
                 self._refuse_message(m, f"{cls.reason} (part cannot be neutralized in place)")
                 p.state = REFUSE
@@ -651,7 +652,6 @@ class _Conn:
                 return
             p.state = NEUTRALIZE
             p.verdict = "neutralized"
-            p.qid = self.insp.new_qid(self.ts_us)
             p.filler = BodyFiller(p.start.transfer_encoding, self._notice(p, p.qid))
             m.actions.add("DEL_ATTACH")
             self._fill(m, p, m.covered)

@@ -106,7 +106,7 @@ def _filler(lengths: Sequence[int], first: bytes) -> list[bytes]:
     return out
 
 
-def neutralize_headers(block: bytes, message_level: bool) -> bytes | None:
+def neutralize_headers(block: bytes, message_level: bool, qid: str | None = None) -> bytes | None:
     """Rewrite a part's header block into a text/plain `.txt` part, same length, same line ends.
 
     Content-Transfer-Encoding stays (the body is rewritten in the same encoding). The other
@@ -115,6 +115,8 @@ def neutralize_headers(block: bytes, message_level: bool) -> bytes | None:
     filename=removed.txt`; what is left becomes `X-Removed:` padding. A message-level entity
     (the message itself, or one inside message/rfc822) keeps its From/To/Subject. None when the
     new Content-Type cannot be laid out (the caller then refuses the message instead).
+    With `qid` (the quarantine id), the names are `removed-QID.txt` or `QID.txt` where they fit:
+    the id then reaches the reader even when the body is too short for the notice.
     """
     items = _fields(block)
     usable = [
@@ -125,8 +127,9 @@ def neutralize_headers(block: bytes, message_level: bool) -> bytes | None:
         and (f.name.startswith("content-") or not message_level)
     ]
     had_ct = any(isinstance(f, _Field) and f.name == "content-type" for f in items)
-    names = [f"name={n}".encode() for n in (REMOVED_NAME, SHORT_NAME)]
-    fnames = [f"filename={n}".encode() for n in (REMOVED_NAME, SHORT_NAME)]
+    choices = ([f"removed-{qid}.txt", f"{qid}.txt"] if qid else []) + [REMOVED_NAME, SHORT_NAME]
+    names = [f"name={n}".encode() for n in choices]
+    fnames = [f"filename={n}".encode() for n in choices]
     wanted: list[list[list[bytes]]] = [
         [
             [b"Content-Type:", b"text/plain;", b"charset=us-ascii;", names[0]],
@@ -136,7 +139,7 @@ def neutralize_headers(block: bytes, message_level: bool) -> bytes | None:
         ],
         [
             *([b"Content-Disposition:", b"attachment;", n] for n in fnames),
-            [b"Content-Disposition:attachment;", fnames[1]],
+            [b"Content-Disposition:attachment;", fnames[-1]],
             [b"Content-Disposition:", b"attachment"],
         ],
     ]
