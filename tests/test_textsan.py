@@ -255,3 +255,19 @@ def test_iso2022_only_ascii_changes_any_chunking(text: str, cuts: list[int], htm
     assert "http" not in got.lower().replace(kanji_with_http_bytes().lower(), "")
     ascii_only = "".join(c for c in text if ord(c) < 0x80).encode()
     assert "".join(c for c in got if ord(c) < 0x80).encode() == reference(ascii_only, html=html)
+
+
+def test_a_failing_rewriter_refuses_the_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    from inspect_helpers import drive, received, session
+
+    def boom(self: Base64TextSanitizer, data: bytes) -> bytes:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(Base64TextSanitizer, "feed", boom)
+    msg, _, _ = _mail_b64_text()
+    r = drive(session(msg), mss=200)
+    assert any(i.toward == "client" for i in r.injected)
+    got = received(r, "c")
+    assert b"\r\n.\r\n" not in got[got.index(b"DATA\r\n") :]
+    smtp = next(e for e in r.events if e["event_type"] == "smtp")
+    assert smtp["email"]["verdict"] == "refused" and "text rewrite" in smtp["email"]["reason"]

@@ -700,11 +700,15 @@ class _Conn:
         san = p.san
         assert san is not None
         new = b""
-        if upto > p.san_in:
-            new = san.feed(bytes(m.content[p.san_in : upto]))
-            p.san_in = upto
-        if final:
-            new += san.final()
+        try:
+            if upto > p.san_in:
+                new = san.feed(bytes(m.content[p.san_in : upto]))
+                p.san_in = upto
+            if final:
+                new += san.final()
+        except Exception as exc:  # a rewriter bug must not pass the text unsanitized: fail closed
+            self._internal(f"text rewrite: {exc!r}")
+            return
         if new:
             self._rewrite(m, p.san_out, new)
             p.san_out += len(new)
