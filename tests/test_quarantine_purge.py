@@ -132,3 +132,14 @@ def test_cli_config_uses_the_profiles_retention(tmp_path: Path) -> None:
     r = cli("--dir", str(root), "purge", "--config", str(bad))
     assert r.returncode == 2 and "original_retention_days" in r.stderr
     assert [e.id for e in s.list()] == [other]
+
+
+def test_dry_run_writes_nothing(tmp_path: Path) -> None:
+    """Not even the lock file: a read-only operator account can run it."""
+    clock = Clock(T0 - 40 * DAY)
+    root = tmp_path / "q"
+    s = _store(root, clock)
+    qid = s.put(b"old", meta())
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+    assert s.purge_report(T0, older_than_days=1, dry_run=True).purged == [qid]
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == before

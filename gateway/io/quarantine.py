@@ -522,7 +522,7 @@ class QuarantineStore:
         """
         now = self._clock() if now is None else now
         rep = PurgeReport(dry_run=dry_run)
-        with self._purge_lock():
+        with contextlib.nullcontext() if dry_run else self._purge_lock():  # a dry run only reads
             for e in self.list():
                 age_days = (now - parse_iso(e.created)) / 86400
                 limit = older_than_days if older_than_days is not None else (limit_for(e) if limit_for else None)
