@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 import itertools
+import quopri
 import re
 
 import pytest
@@ -14,7 +15,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.inspect.rewrite import TextSanitizer
-from gateway.inspect.textsan import Base64TextSanitizer, Iso2022Guard, TextRewriter, is_iso2022, text_rewriter
+from gateway.inspect.textsan import (
+    Base64TextSanitizer,
+    Iso2022Guard,
+    QuotedPrintableTextSanitizer,
+    TextRewriter,
+    is_iso2022,
+    text_rewriter,
+)
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -176,7 +184,8 @@ def test_rewriter_choice() -> None:
     assert text_rewriter(False, False, "base64", None) is None
     assert text_rewriter(True, False, "x-uuencode", None) is None
     assert isinstance(text_rewriter(True, True, "7bit", "iso-2022-jp"), Iso2022Guard)
-    assert isinstance(text_rewriter(True, True, "quoted-printable", "utf-8"), TextSanitizer)
+    assert isinstance(text_rewriter(True, True, "quoted-printable", "utf-8"), QuotedPrintableTextSanitizer)
+    assert isinstance(text_rewriter(True, True, "8bit", "utf-8"), TextSanitizer)
 
 
 # --- through the inspector ------------------------------------------------------------------------
@@ -271,3 +280,47 @@ def test_a_failing_rewriter_refuses_the_message(monkeypatch: pytest.MonkeyPatch)
     assert b"\r\n.\r\n" not in got[got.index(b"DATA\r\n") :]
     smtp = next(e for e in r.events if e["event_type"] == "smtp")
     assert smtp["email"]["verdict"] == "refused" and "text rewrite" in smtp["email"]["reason"]
+
+
+# --- quoted-printable ---------------------------------------------------------------------------
+def qp(data: bytes, line: int = 76) -> bytes:
+    return quopri.encodestring(data).replace(b"\n", b"\r\n") if line == 76 else _qp_short(data, line)
+
+
+def _qp_short(data: bytes, line: int) -> bytes:
+    """Quoted-printable with soft line breaks every `line` characters (splits `http` often)."""
+    enc = b"".join(bytes([c]) if 0x21 <= c <= 0x7E and c != 0x3D else b"=%02X" % c for c in data)
+    out, cur = [], b""
+    for tok in re.findall(rb"=[0-9A-F]{2}|.", enc, re.S):
+        if len(cur) + len(tok) > line - 1:
+            out.append(cur + b"=")
+            cur = b""
+        cur += tok
+    return b"\r\n".join([*out, cur])
+
+
+@FUZZ
+@given(TEXT, st.sampled_from([76, 9, 5, 4]), st.lists(st.integers(0, 900)), st.booleans())
+def test_quoted_printable_same_as_decoded_sanitizing(text: bytes, line: int, cuts: list[int], html: bool) -> None:
+    raw = qp(text, line)
+    san = text_rewriter(html, True, "quoted-printable", "utf-8")
+    assert isinstance(san, QuotedPrintableTextSanitizer)
+    out = run(san, raw, cuts)
+    assert len(out) == len(raw) and eols(out) == eols(raw)
+    assert quopri.decodestring(out) == reference(quopri.decodestring(raw), html=html)
+
+
+def test_quoted_printable_split_link_and_encoded_markup() -> None:
+    raw = b"see h=\r\nttp://a.example/ =3Cb=3Ebold=3C/b=3E and =E6=9C=AC\r\n"
+    out = run(QuotedPrintableTextSanitizer(TextSanitizer(True, True)), raw, [3, 5, 6, 30])
+    assert len(out) == len(raw)
+    assert quopri.decodestring(out) == b"see hxxp://a.example/    bold     and \xe6\x9c\xac\r\n"
+
+
+def test_quoted_printable_iso2022() -> None:
+    k = kanji_with_http_bytes()
+    text = jis(f"{k} http://a.example/ {k}")
+    raw = quopri.encodestring(text)
+    assert b"=1B" in raw
+    out = run(text_rewriter(False, True, "quoted-printable", "iso-2022-jp"), raw, [4, 8])  # type: ignore[arg-type]
+    assert quopri.decodestring(out).decode("iso2022_jp") == f"{k} hxxp://a.example/ {k}"

@@ -37,6 +37,8 @@ _ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _ALPHABET_PAD = _ALPHABET + b"="
 _B64 = frozenset(_ALPHABET)
 _NON_WS = re.compile(rb"[^\r\n \t]+")
+# quoted-printable tokens: a literal run, `=XX`, a soft line break (`=`, blanks, line break), `=`
+_QP = re.compile(rb"[^=]+|=([0-9A-Fa-f]{2})|=([ \t]*(?:\r\n|\n|\r))|=[ \t]*")
 _SPECIAL = re.compile(rb"[\x1b\x0e\x0f\r\n]")  # bytes that change (or reset) the ISO-2022-JP mode
 _PAD = 0x3D  # '='
 _BLANK = b"ICAg"  # base64 of three spaces
@@ -81,18 +83,14 @@ def scatter(raw: bytearray, base: int, runs: deque[tuple[int, int]], data: bytes
             runs[0] = (off + take, ln - take)
 
 
-class Iso2022Guard:
-    """TextSanitizer over the ASCII-mode bytes of ISO-2022-JP text only."""
+class _Pending:
+    """A TextRewriter around `inner`: raw bytes are held until their rewrite is settled;
+    subclasses implement _run(data, final)."""
 
-    def __init__(self, inner: TextSanitizer) -> None:
+    def __init__(self, inner: TextRewriter) -> None:
         self.inner = inner
-        self._ascii = True  # G0 is ASCII / JIS-Roman
-        self._so = False  # shifted out (SO/SI kana of CP50221)
-        self._esc: bytearray | None = None  # an escape sequence being read
-        self._single = False  # ESC N: the next byte is a G2 character
         self._raw = bytearray()  # raw bytes not yet returned; _raw[0] is at stream offset _base
         self._base = 0
-        self._runs: deque[tuple[int, int]] = deque()  # (offset, length): ASCII-mode bytes not settled
 
     @property
     def blanked(self) -> bool:
@@ -101,6 +99,35 @@ class Iso2022Guard:
     @property
     def defanged(self) -> bool:
         return self.inner.defanged
+
+    def _run(self, data: bytes, final: bool) -> bytes:
+        raise NotImplementedError
+
+    def _cut(self, edge: int) -> bytes:
+        """Return the raw bytes before stream offset `edge` (settled) and forget them."""
+        cut = edge - self._base
+        done = bytes(self._raw[:cut])
+        del self._raw[:cut]
+        self._base = edge
+        return done
+
+    def feed(self, data: bytes) -> bytes:
+        return self._run(data, False)
+
+    def final(self) -> bytes:
+        return self._run(b"", True)
+
+
+class Iso2022Guard(_Pending):
+    """TextSanitizer over the ASCII-mode bytes of ISO-2022-JP text only."""
+
+    def __init__(self, inner: TextSanitizer) -> None:
+        self._ascii = True  # G0 is ASCII / JIS-Roman
+        self._so = False  # shifted out (SO/SI kana of CP50221)
+        self._esc: bytearray | None = None  # an escape sequence being read
+        self._single = False  # ESC N: the next byte is a G2 character
+        super().__init__(inner)
+        self._runs: deque[tuple[int, int]] = deque()  # (offset, length): ASCII-mode bytes not settled
 
     def _mode(self, b: int) -> bool:
         """Advance the mode over byte b; True if b is an ASCII-mode text byte."""
@@ -161,29 +188,17 @@ class Iso2022Guard:
             out += self.inner.final()
         scatter(self._raw, self._base, self._runs, out)  # settled ASCII bytes, in order
         edge = self._runs[0][0] if self._runs else self._base + len(self._raw)
-        cut = edge - self._base
-        done = bytes(self._raw[:cut])
-        del self._raw[:cut]
-        self._base = edge
-        return done
-
-    def feed(self, data: bytes) -> bytes:
-        return self._run(data, False)
-
-    def final(self) -> bytes:
-        return self._run(b"", True)
+        return self._cut(edge)
 
 
-class Base64TextSanitizer:
+class Base64TextSanitizer(_Pending):
     """A text sanitizer over the decoded content of a base64 body, same length raw out.
 
     Bulk work per chunk (one a2b/b64encode per call, one slice assignment per line), so a
     multi-megabyte text attachment costs little more than its decoding."""
 
     def __init__(self, inner: TextRewriter) -> None:
-        self.inner = inner
-        self._raw = bytearray()  # raw bytes not yet returned; _raw[0] is at stream offset _base
-        self._base = 0
+        super().__init__(inner)
         self._runs: deque[tuple[int, int]] = deque()  # (stream offset, length) of the pending characters
         self._chars = bytearray()  # pending characters (not yet re-encoded), in order
         self._fed = 0  # of them, decoded and fed to the inner sanitizer (whole quanta)
@@ -197,10 +212,6 @@ class Base64TextSanitizer:
     @property
     def blanked(self) -> bool:
         return self.inner.blanked or self.irregular
-
-    @property
-    def defanged(self) -> bool:
-        return self.inner.defanged
 
     def _feed_quanta(self, chars: bytes) -> None:
         if not chars:
@@ -322,17 +333,85 @@ class Base64TextSanitizer:
         if final:
             assert not self._chars and not self._dec, "base64 rewrite left characters behind"
         edge = self._runs[0][0] if self._runs else self._base + len(self._raw)
-        cut = edge - self._base
-        done = bytes(self._raw[:cut])
-        del self._raw[:cut]
-        self._base = edge
-        return done
+        return self._cut(edge)
 
-    def feed(self, data: bytes) -> bytes:
-        return self._run(data, False)
 
-    def final(self) -> bytes:
-        return self._run(b"", True)
+class QuotedPrintableTextSanitizer(_Pending):
+    """A text sanitizer over the decoded content of a quoted-printable body, same length raw out.
+
+    Decoded as clients do (`=XX` one byte, `=` + optional blanks + line break a soft line break,
+    any other `=` a literal): an `http` split by a soft line break, a tag written `=3C`, ISO-2022-JP
+    escapes written `=1B` are seen. Each changed byte is written back in its own form: a literal
+    as a literal (the sanitizer only writes spaces and `x`), an `=XX` as `=XX` (3 bytes). Held:
+    an incomplete `=` sequence and the spans of the bytes the inner sanitizer holds."""
+
+    def __init__(self, inner: TextRewriter) -> None:
+        super().__init__(inner)
+        self._scan = 0  # stream offset up to which the raw bytes were decoded
+        # decoded bytes not yet settled: (stream offset, count, hex) runs; hex: one `=XX` byte
+        self._spans: deque[tuple[int, int, bool]] = deque()
+
+    def _decode(self, final: bool) -> bytes:
+        out = bytearray()
+        buf = bytes(self._raw[self._scan - self._base :])
+        pos = 0
+        for m in _QP.finditer(buf):
+            a, b = m.span()
+            tok = m.group()
+            if tok[0] != 0x3D:  # '=': a literal run
+                self._span(self._scan + a, b - a, False)
+                out += tok
+            elif not final and (len(buf) - a < 3 or b == len(buf)):
+                break  # maybe cut short (`=4`, `=\r`, `=  `): wait for the next bytes
+            elif m.group(1) is not None:
+                self._spans.append((self._scan + a, 1, True))
+                out.append(int(m.group(1), 16))
+            elif m.group(2) is not None:
+                pass  # soft line break: decodes to nothing
+            else:
+                self._span(self._scan + a, 1, False)  # a stray '=' is a literal
+                out += b"="
+            pos = b
+        self._scan += pos
+        return bytes(out)
+
+    def _span(self, off: int, n: int, hexed: bool) -> None:
+        sp = self._spans
+        if sp and not hexed and not sp[-1][2] and sp[-1][0] + sp[-1][1] == off:
+            sp[-1] = (sp[-1][0], sp[-1][1] + n, False)
+        else:
+            sp.append((off, n, hexed))
+
+    def _settle(self, data: bytes) -> None:
+        k = 0
+        while k < len(data):
+            off, n, hexed = self._spans[0]
+            i = off - self._base
+            if hexed:
+                if data[k] != int(self._raw[i + 1 : i + 3], 16):
+                    self._raw[i : i + 3] = b"=%02X" % data[k]
+                k += 1
+                self._spans.popleft()
+                continue
+            take = min(n, len(data) - k)
+            self._raw[i : i + take] = data[k : k + take]
+            k += take
+            if take == n:
+                self._spans.popleft()
+            else:
+                self._spans[0] = (off + take, n - take, False)
+
+    def _run(self, data: bytes, final: bool) -> bytes:
+        self._raw += data
+        decoded = self._decode(final)
+        out = self.inner.feed(decoded)
+        if final:
+            out += self.inner.final()
+        self._settle(out)
+        edge = self._spans[0][0] if self._spans else self._scan
+        if final:
+            edge = self._base + len(self._raw)
+        return self._cut(edge)
 
 
 def text_rewriter(html: bool, links: bool, transfer_encoding: str, charset: str | None) -> TextRewriter | None:
@@ -343,8 +422,10 @@ def text_rewriter(html: bool, links: bool, transfer_encoding: str, charset: str 
     inner: TextRewriter = TextSanitizer(html, links)
     if is_iso2022(charset):
         inner = Iso2022Guard(TextSanitizer(html, links))
-    if transfer_encoding in ("7bit", "8bit", "binary", "quoted-printable"):
+    if transfer_encoding in ("7bit", "8bit", "binary"):
         return inner
+    if transfer_encoding == "quoted-printable":
+        return QuotedPrintableTextSanitizer(inner)
     if transfer_encoding == "base64":
         return Base64TextSanitizer(inner)
     return None
