@@ -37,8 +37,9 @@ _ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _ALPHABET_PAD = _ALPHABET + b"="
 _B64 = frozenset(_ALPHABET)
 _NON_WS = re.compile(rb"[^\r\n \t]+")
-# quoted-printable tokens: a literal run, `=XX`, a soft line break (`=`, blanks, line break), `=`
-_QP = re.compile(rb"[^=]+|=([0-9A-Fa-f]{2})|=([ \t]*(?:\r\n|\n|\r))|=[ \t]*")
+# quoted-printable tokens: a literal run, `=XX` runs, a soft line break (`=`, blanks and CRs, a
+# line break: what lenient decoders such as Python's quopri skip), a stray `=`
+_QP = re.compile(rb"[^=]+|((?:=[0-9A-Fa-f]{2})+)|=([ \t\r]*(?:\n|\r))|=[ \t]*")
 _SPECIAL = re.compile(rb"[\x1b\x0e\x0f\r\n]")  # bytes that change (or reset) the ISO-2022-JP mode
 _PAD = 0x3D  # '='
 _BLANK = b"ICAg"  # base64 of three spaces
@@ -361,11 +362,11 @@ class QuotedPrintableTextSanitizer(_Pending):
             if tok[0] != 0x3D:  # '=': a literal run
                 self._span(self._scan + a, b - a, False)
                 out += tok
+            elif m.group(1) is not None:  # a run of `=XX`: one decoded byte each
+                self._spans.append((self._scan + a, (b - a) // 3, True))
+                out += bytes.fromhex(tok.replace(b"=", b"").decode("ascii"))
             elif not final and (len(buf) - a < 3 or b == len(buf)):
                 break  # maybe cut short (`=4`, `=\r`, `=  `): wait for the next bytes
-            elif m.group(1) is not None:
-                self._spans.append((self._scan + a, 1, True))
-                out.append(int(m.group(1), 16))
             elif m.group(2) is not None:
                 pass  # soft line break: decodes to nothing
             else:
@@ -383,23 +384,22 @@ class QuotedPrintableTextSanitizer(_Pending):
             sp.append((off, n, hexed))
 
     def _settle(self, data: bytes) -> None:
+        """Write the settled decoded bytes back over their spans, each in its own form."""
         k = 0
         while k < len(data):
             off, n, hexed = self._spans[0]
             i = off - self._base
-            if hexed:
-                if data[k] != int(self._raw[i + 1 : i + 3], 16):
-                    self._raw[i : i + 3] = b"=%02X" % data[k]
-                k += 1
-                self._spans.popleft()
-                continue
             take = min(n, len(data) - k)
-            self._raw[i : i + take] = data[k : k + take]
+            new = data[k : k + take]
+            if not hexed:
+                self._raw[i : i + take] = new
+            elif bytes.fromhex(self._raw[i : i + 3 * take].replace(b"=", b"").decode("ascii")) != new:
+                self._raw[i : i + 3 * take] = b"".join(b"=%02X" % c for c in new)  # only where it changed
             k += take
             if take == n:
                 self._spans.popleft()
             else:
-                self._spans[0] = (off + take, n - take, False)
+                self._spans[0] = (off + (3 * take if hexed else take), n - take, hexed)
 
     def _run(self, data: bytes, final: bool) -> bytes:
         self._raw += data
@@ -408,7 +408,7 @@ class QuotedPrintableTextSanitizer(_Pending):
         if final:
             out += self.inner.final()
         self._settle(out)
-        edge = self._spans[0][0] if self._spans else self._scan
+        edge = self._spans[0][0] if self._spans else self._scan  # (a partly settled span: its rest)
         if final:
             edge = self._base + len(self._raw)
         return self._cut(edge)
