@@ -176,9 +176,7 @@ def build_tcp(
     if len(options) % 4 or len(options) > 40:
         raise ValueError("TCP options must be a multiple of 4 bytes, at most 40")
     off = (5 + len(options) // 4) << 4
-    tcp = bytearray(
-        struct.pack("!HHIIBBHHH", sport, dport, seq % (1 << 32), ack % (1 << 32), off, flags, window, 0, 0)
-    )
+    tcp = bytearray(struct.pack("!HHIIBBHHH", sport, dport, seq % (1 << 32), ack % (1 << 32), off, flags, window, 0, 0))
     tcp += options
     tcp += payload
     struct.pack_into("!H", tcp, 16, tcp_checksum(family, src, dst, bytes(tcp)))
