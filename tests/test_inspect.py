@@ -262,3 +262,38 @@ def test_events_match_the_schema() -> None:
     assert {e["event_type"] for e in events} == {"smtp", "file"}
     for e in events:
         jsonschema.validate(e, schema)
+
+
+# --- a colon-less line in a header block -----------------------------------------------------------
+_EXE_B64 = base64.encodebytes(b"MZ" + b"\0" * 58 + (64).to_bytes(4, "little") + b"PE\0\0" + b"\0" * 200)
+
+
+def _exe_message(junk_header_line: bytes) -> bytes:
+    exe = _EXE_B64
+    return (
+        b"From: a@example.com\r\nSubject: invoice\r\n" + junk_header_line + b"MIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n'
+        b"--b\r\nContent-Type: text/plain\r\n\r\nplease see the invoice\r\n"
+        b'--b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename="invoice.exe"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + exe.replace(b"\n", b"\r\n") + b"--b--\r\n"
+    )
+
+
+@pytest.mark.parametrize("junk", [b"", b"X-Mailer junk without a colon\r\n"])
+def test_non_header_line_in_message_headers_cannot_hide_an_attachment(junk: bytes) -> None:
+    """A line without a colon ends the header block for the parser (as for Python's email): the
+    multipart Content-Type after it would be body text to us but a structure to a reader that
+    skips the line, with an exe in it. The real default profile refuses the message instead."""
+    from gateway.sanitize import Classifier, MailProfile
+
+    run = drive(session(_exe_message(junk)), profile=MailProfile(kind="smtp"), classifier=Classifier)  # type: ignore[arg-type]
+    all_final(run)
+    smtp = next(e for e in run.events if e["event_type"] == "smtp")
+    if not junk:
+        assert smtp["email"]["verdict"] == "sanitized"  # the exe neutralized in place
+        assert _EXE_B64.split(b"\n")[0] not in data_content(received(run, "c"))
+    else:
+        assert smtp["email"]["verdict"] == "refused"
+        assert "missing-header-body-separator" in smtp["email"]["reason"]
+        assert run.injected  # the client got the 554, the server a reset
+        assert b"\r\n.\r\n" not in received(run, "c")  # the server never saw the end of DATA

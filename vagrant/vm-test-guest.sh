@@ -135,6 +135,18 @@ else
     check "every non-inspected flow passes or is blocked as the policy says" test $probe_rc = 0
 fi
 
+# --- quarantine retention: the purge timer and its hardened oneshot under real systemd -------------
+check "lgwan-gateway-purge.timer enabled and active" \
+    bash -c "systemctl is-enabled -q lgwan-gateway-purge.timer && systemctl is-active -q lgwan-gateway-purge.timer"
+q_before="$("$BIN/lgwan-gateway" quarantine list --json 2>/dev/null | wc -l)"
+systemctl start lgwan-gateway-purge.service # Type=oneshot: returns when the purge has run
+check "purge service ran under its sandbox (Result=success)" \
+    test "$(systemctl show -P Result lgwan-gateway-purge.service)" = success
+q_after="$("$BIN/lgwan-gateway" quarantine list --json 2>/dev/null | wc -l)"
+check "purge kept every entry inside its retention ($q_before entries before, $q_after after)" \
+    test "$q_before" = "$q_after"
+check "quarantine store verifies after the purge" "$BIN/lgwan-gateway" quarantine verify
+
 # --- reload changes the policy --------------------------------------------------------------------
 check "before reload: lgwan-terminal -> lgwan-asp tcp/443 passes" asp_passes
 cp "$CONF" "$WORK/gateway.toml.orig"

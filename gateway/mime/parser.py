@@ -282,9 +282,16 @@ class MimeParser:
             top.lines[-1] += bytes(self._buf[self._pos : after])
             self._pos = after
             return True
+        if line.startswith(b"--") and self._delimiter_of(line) is not None:
+            # a delimiter of an enclosing multipart: an empty body, every reader agrees
+            self._defect(top.path, at, "headers-end-at-delimiter")
+            self._finish_headers(top, at, at)
+            return True
         hm = header_line_match(line)
-        if hm is None or (line.startswith(b"--") and self._delimiter_of(line) is not None):
-            # Not a header (or a delimiter of an enclosing multipart): the body starts here.
+        if hm is None:
+            # Not a header: the body starts here (Python's email). Readers that skip the line and
+            # read on would see the headers after it (a Content-Type: multipart we would take for
+            # text), so the default profile refuses this (refuse_on_defects).
             self._defect(top.path, at, "missing-header-body-separator")
             self._finish_headers(top, at, at)
             return True

@@ -46,6 +46,7 @@ DEFAULT_ACTIONS: dict[str, Literal["neutralize", "refuse"]] = {"limit": "refuse"
 # MIME defects where a client may see another structure than the gateway did (docs/mime.md).
 DEFAULT_REFUSE_DEFECTS: tuple[str, ...] = (
     "near-delimiter",
+    "missing-header-body-separator",
     "delimiter-after-close",
     "bare-cr",
     "duplicate-header",

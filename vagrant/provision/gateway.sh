@@ -21,9 +21,12 @@ net.ipv6.conf.all.forwarding = 1
 SYSCTL
 sysctl -q -p /etc/sysctl.d/90-lgwan-gateway.conf
 
-step "unit lgwan-gateway.service"
-install -m 0644 "$OPT/systemd/lgwan-gateway.service" /etc/systemd/system/lgwan-gateway.service
+step "units lgwan-gateway.service, lgwan-gateway-purge.{service,timer}"
+install -m 0644 "$OPT/systemd/lgwan-gateway.service" "$OPT/systemd/lgwan-gateway-purge.service" \
+    "$OPT/systemd/lgwan-gateway-purge.timer" /etc/systemd/system/
 systemctl daemon-reload
+# quarantine retention (docs/quarantine.md "Retention"): daily, whether or not the daemon runs
+systemctl enable -q --now lgwan-gateway-purge.timer
 if [[ "${LGWAN_NO_START:-0}" == 1 ]]; then
     step "installed; not started (LGWAN_NO_START=1)"
     exit 0
