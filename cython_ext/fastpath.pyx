@@ -1323,3 +1323,148 @@ def inet_checksum(const unsigned char[::1] data):
         while s >> 16:
             s = (s & 0xFFFF) + (s >> 16)
     return <uint16_t>(~s & 0xFFFF)
+
+
+# --- byte scans of the mail path (twins of gateway/bytescan.py, the specification) ------------------
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+
+cdef unsigned char _B64_VALUE[256]  # 0..63 alphabet, 64 whitespace (skipped), 255 anything else
+
+
+cdef void _init_b64() noexcept:
+    cdef int i
+    cdef bytes alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    for i in range(256):
+        _B64_VALUE[i] = 255
+    for i in range(64):
+        _B64_VALUE[<unsigned char>alphabet[i]] = i
+    for i in (0x20, 0x09, 0x0D, 0x0A):
+        _B64_VALUE[i] = 64
+
+
+_init_b64()
+
+
+def bare_eol(bytes data):
+    """Does `data` hold a CR that does not start a CRLF or an LF that does not end one?
+
+    Twin of gateway.bytescan.bare_eol_py (tests compare both): one pass, no copy."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t i
+    cdef bint found = False
+    with nogil:
+        for i in range(n):
+            if p[i] == 0x0D:
+                if i + 1 >= n or p[i + 1] != 0x0A:
+                    found = True
+                    break
+            elif p[i] == 0x0A:
+                if i == 0 or p[i - 1] != 0x0D:
+                    found = True
+                    break
+    return found
+
+
+def eol_layout_equal(bytes old, bytes new):
+    """Do two same-length strings have their CR and LF bytes at the same places (and no others)?
+
+    Twin of gateway.bytescan.eol_layout_equal_py."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(old)
+    if PyBytes_GET_SIZE(new) != n:
+        return False
+    cdef const unsigned char *a = <const unsigned char *>PyBytes_AS_STRING(old)
+    cdef const unsigned char *b = <const unsigned char *>PyBytes_AS_STRING(new)
+    cdef Py_ssize_t i
+    cdef bint same = True
+    cdef unsigned char x, y
+    with nogil:
+        for i in range(n):
+            x = a[i]
+            y = b[i]
+            if x != y and (x == 0x0D or x == 0x0A or y == 0x0D or y == 0x0A):
+                same = False
+                break
+    return same
+
+
+def b64_decode_plain(bytes carry, bytes data):
+    """(decoded, carry) of base64 text `carry + data` holding only alphabet and whitespace:
+    every complete quantum decoded, the < 4 alphabet characters after them returned as the new
+    carry. None when `data` holds "=" or any other byte (the caller's general path decides then).
+
+    Twin of gateway.bytescan.b64_decode_plain_py; `carry` is < 4 alphabet characters."""
+    cdef Py_ssize_t nc = PyBytes_GET_SIZE(carry)
+    cdef Py_ssize_t nd = PyBytes_GET_SIZE(data)
+    cdef const unsigned char *c = <const unsigned char *>PyBytes_AS_STRING(carry)
+    cdef const unsigned char *d = <const unsigned char *>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t i, alpha = nc, written = 0
+    cdef unsigned char v
+    cdef bint bad = nc > 3
+    for i in range(nc if not bad else 0):
+        bad = bad or _B64_VALUE[c[i]] >= 64
+    if bad:
+        raise ValueError("carry must be fewer than 4 base64 alphabet characters")
+    # pass 1: the exact output size, and whether the general path is needed
+    with nogil:
+        for i in range(nd):
+            v = _B64_VALUE[d[i]]
+            if v < 64:
+                alpha += 1
+            elif v == 255:
+                bad = True
+                break
+    if bad:
+        return None
+    cdef object out = PyBytes_FromStringAndSize(NULL, (alpha // 4) * 3)
+    cdef unsigned char *o = <unsigned char *>PyBytes_AS_STRING(out)
+    cdef unsigned char v0, v1, v2, v3
+    cdef int k = 0
+    cdef uint32_t q = 0
+    for i in range(nc):
+        q = (q << 6) | (_B64_VALUE[c[i]] & 63)
+        k += 1
+    i = 0
+    with nogil:
+        while i < nd:
+            if k == 0 and i + 4 <= nd:
+                # a whole quantum at once (base64 lines are whole quanta: the usual case)
+                v0 = _B64_VALUE[d[i]]
+                v1 = _B64_VALUE[d[i + 1]]
+                v2 = _B64_VALUE[d[i + 2]]
+                v3 = _B64_VALUE[d[i + 3]]
+                if (v0 | v1 | v2 | v3) < 64:
+                    q = (<uint32_t>v0 << 18) | (<uint32_t>v1 << 12) | (<uint32_t>v2 << 6) | v3
+                    o[written] = <unsigned char>(q >> 16)
+                    o[written + 1] = <unsigned char>(q >> 8)
+                    o[written + 2] = <unsigned char>q
+                    written += 3
+                    i += 4
+                    continue
+            v0 = _B64_VALUE[d[i]]
+            i += 1
+            if v0 < 64:
+                q = (q << 6) | v0
+                k += 1
+                if k == 4:
+                    o[written] = <unsigned char>(q >> 16)
+                    o[written + 1] = <unsigned char>(q >> 8)
+                    o[written + 2] = <unsigned char>q
+                    written += 3
+                    k = 0
+                    q = 0
+    # the new carry: the last k alphabet characters (of data, then of the old carry)
+    cdef unsigned char pending[4]
+    cdef int left = k
+    i = nd - 1
+    while left > 0 and i >= 0:
+        if _B64_VALUE[d[i]] < 64:
+            left -= 1
+            pending[left] = d[i]
+        i -= 1
+    i = nc - 1
+    while left > 0:
+        left -= 1
+        pending[left] = c[i]
+        i -= 1
+    return out, PyBytes_FromStringAndSize(<char *>pending, k)

@@ -12,6 +12,8 @@ import binascii
 import re
 from typing import Protocol
 
+from gateway.bytescan import b64_decode_plain
+
 _B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _B64_KEEP = _B64_ALPHABET + b"="
 _B64_DELETE = bytes(b for b in range(256) if b not in _B64_KEEP)
@@ -69,6 +71,11 @@ class Base64Decoder(_Base):
         self._padded = False
 
     def decode(self, raw: bytes) -> bytes:
+        if not self._padded and type(raw) is bytes:
+            plain = b64_decode_plain(self._carry, raw)
+            if plain is not None:  # alphabet and whitespace only: what the general path below does
+                decoded, self._carry = plain
+                return decoded
         cls = raw.translate(_B64_CLASS)
         if b"\x02" in cls:
             s = raw.translate(None, _B64_DELETE)

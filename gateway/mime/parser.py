@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from gateway.bytescan import bare_eol
 from gateway.mime.decoders import Decoder, make_decoder
 from gateway.mime.events import (
     Boundary,
@@ -470,17 +471,15 @@ class MimeParser:
                 return
             self._line_len += end - start
         chunk = bytes(memoryview(self._buf)[start:end])  # one copy (a bytearray slice makes two)
-        if len(top.bare_eols) < 2:
-            crlf_free = chunk.replace(b"\r\n", b"")
-            if b"\r" in crlf_free or b"\n" in crlf_free:
-                # Bare CR/LF inside the bytes that stream through unexamined (exact offsets, so
-                # the defect does not depend on chunking; the data before it is emitted first).
-                for m in _BARE.finditer(self._buf, start, end):
-                    if m.group() not in top.bare_eols:
-                        self._emit(top, self._off(start), bytes(self._buf[start : m.start()]))
-                        start = m.start()
-                        self._bare_eol(top, start, m.group())
-                chunk = bytes(self._buf[start:end])
+        if len(top.bare_eols) < 2 and bare_eol(chunk):
+            # Bare CR/LF inside the bytes that stream through unexamined (exact offsets, so
+            # the defect does not depend on chunking; the data before it is emitted first).
+            for m in _BARE.finditer(self._buf, start, end):
+                if m.group() not in top.bare_eols:
+                    self._emit(top, self._off(start), bytes(self._buf[start : m.start()]))
+                    start = m.start()
+                    self._bare_eol(top, start, m.group())
+            chunk = bytes(self._buf[start:end])
         self._emit(top, self._off(start), chunk)
         self._pos = end
 

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import NoReturn
 
+from gateway.bytescan import eol_layout_equal
 from gateway.smtp.events import RewriteError
 
 # A '.' alone on a "line" under any lax line-ending interpretation, NULs tolerated around it.
@@ -138,14 +139,9 @@ class DataScanner:
         return tuple(found)
 
 
-# Every byte but CR and LF -> NUL: two same-length strings have their CR and LF at the same places
-# exactly when their translations are equal (one C pass each instead of a loop over the bytes).
-_EOL_ONLY = bytes(b if b in (0x0D, 0x0A) else 0 for b in range(256))
-
-
 def _framing_kept(old: bytes, new: bytes) -> bool:
     """Does the same-length rewrite old -> new keep CR/LF in place and put no new '.' at a line start?"""
-    if old.translate(_EOL_ONLY) != new.translate(_EOL_ONLY):
+    if not eol_layout_equal(bytes(old), bytes(new)):  # bytes(x) of a bytes object is x itself
         return False
     # Line starts are the same in both (the LFs are): check new's dots there against old's bytes.
     if new[:1] == b"." and old[:1] != b".":
