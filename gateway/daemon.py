@@ -276,11 +276,12 @@ def _mail_inspector(q: Any, policy: CompiledPolicy, events: EventWriter) -> Any:
     try:
         import importlib
 
-        from gateway.inspect.live import LiveMailInspector
+        from gateway.inspect.live import LiveMailInspector, QuarantineWriter
         from gateway.io.quarantine import QuarantineStore, default_dir
 
         importlib.import_module("gateway.sanitize.classify")
-        return LiveMailInspector(q, policy, QuarantineStore(default_dir()), lambda ev: events.write_dicts([ev]))
+        store = QuarantineStore(default_dir())
+        return LiveMailInspector(q, policy, store, lambda ev: events.write_dicts([ev]), writer=QuarantineWriter(store))
     except Exception as exc:
         log.error("mail inspection unavailable, inspected flows are dropped: %s", exc)
         return None
@@ -348,6 +349,8 @@ def worker_main(
     poller = select.poll()
     poller.register(q.fileno(), select.POLLIN)
     poller.register(conn.fileno(), select.POLLIN)
+    if mail is not None and mail.writer is not None:
+        poller.register(mail.writer.fileno(), select.POLLIN)  # a quarantine put is done
     decide = engine.decide
     max_batch = settings.max_batch
     next_report = 0.0
@@ -378,6 +381,8 @@ def worker_main(
     try:
         while not stop:
             poller.poll(REPORT_INTERVAL * 1000)
+            if mail is not None:
+                mail.stored()  # the end of DATA held for a durable original goes on first
             for _ in range(MAX_DRAIN_BATCHES):
                 if q.process(decide) < max_batch:
                     break
@@ -397,6 +402,8 @@ def worker_main(
                     else:
                         mail = _mail_inspector(q, policy, events)
                         q.inspect = mail.hook if mail is not None else None
+                        if mail is not None and mail.writer is not None:
+                            poller.register(mail.writer.fileno(), select.POLLIN)
                     q.offload_mark = ipt.offload_mark(mark_gen) if settings.offload else 0
                     try:
                         events.switch(events_path)

@@ -85,6 +85,11 @@ class Run:
     injected: list[Inject] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     forwarded: list[tuple[str, bytes]] = field(default_factory=list)  # (dir, packet) in wire order
+    # > 0: a Quarantine is answered that many packets later (as the daemon's writer thread does),
+    # at the latest before the server's next packet (a server answers only what reached it)
+    defer_quarantine: int = 0
+    deferred: list[list[Any]] = field(default_factory=list)
+    order: list[tuple[str, int]] = field(default_factory=list)  # ("forward", packet id) / ("stored", key)
 
     def execute(self, cmds: list[Any]) -> None:
         work = list(cmds)
@@ -94,6 +99,7 @@ class Run:
                 assert c.packet_id not in self.finals, f"second verdict for {c.packet_id}"
                 self.finals[c.packet_id] = c
                 if isinstance(c, Forward):
+                    self.order.append(("forward", c.packet_id))
                     d, _, _, pkt = self.sent[c.packet_id]
                     self.forwarded.append((d, c.packet if c.packet is not None else pkt))
             elif isinstance(c, Inject):
@@ -101,11 +107,27 @@ class Run:
             elif isinstance(c, Log):
                 self.events.append(c.event)
             elif isinstance(c, Quarantine):
-                try:
-                    qid, err = self.store.put(c.original, c.meta, qid=c.qid), None
-                except Exception as exc:  # as the adapters do: the inspector refuses
-                    qid, err = None, str(exc)
-                work = self.insp.quarantined(c.key, qid, err) + work
+                if self.defer_quarantine:
+                    self.deferred.append([self.defer_quarantine, c])  # answered by tick()
+                    continue
+                work = self.answer(c) + work
+
+    def answer(self, c: Quarantine) -> list[Any]:
+        self.order.append(("stored", c.key))
+        try:
+            qid, err = self.store.put(c.original, c.meta, qid=c.qid), None
+        except Exception as exc:  # as the adapters do: the inspector refuses
+            qid, err = None, str(exc)
+        return self.insp.quarantined(c.key, qid, err)
+
+    def tick(self, *, all_due: bool = False) -> None:
+        """A packet went by: answer the deferred puts whose turn it is (all, when `all_due`)."""
+        for d in self.deferred:
+            d[0] -= 1
+        due = [d for d in self.deferred if all_due or d[0] <= 0]
+        self.deferred = [d for d in self.deferred if not any(d is x for x in due)]
+        for _, c in due:
+            self.execute(self.answer(c))
 
 
 def session(
@@ -140,10 +162,16 @@ def drive(
     retransmit: bool = False,
     store: Any = None,
     classifier: Any = FakeClassifier,
+    defer_quarantine: int = 0,
+    new_qid: Any = None,
 ) -> Run:
     rnd = random.Random(seed)
-    insp = MailInspector({"mail": profile or FakeProfile()}, classifier)
-    run = Run(insp, store if store is not None else MemoryStore())
+    insp = (
+        MailInspector({"mail": profile or FakeProfile()}, classifier)
+        if new_qid is None
+        else MailInspector({"mail": profile or FakeProfile()}, classifier, new_qid=new_qid)
+    )
+    run = Run(insp, store if store is not None else MemoryStore(), defer_quarantine=defer_quarantine)
     isn = {"c": rnd.randrange(1 << 32), "s": rnd.randrange(1 << 32)}
     pos = {"c": 0, "s": 0}
     pid = 0
@@ -161,8 +189,11 @@ def drive(
         )
         pid += 1
         ts += 1000
+        if d == "s":
+            run.tick(all_due=True)
         run.sent[pid] = (d, off, payload, raw)
         run.execute(insp.packet(pid, raw, ts, ctx))
+        run.tick()
 
     pkt("c", 0, b"", "S")
     pkt("s", 0, b"", "SA")
@@ -180,6 +211,7 @@ def drive(
                 pkt(d, off, p)
         if run.injected and stop_after_refusal:
             break
+    run.tick(all_due=True)
     run.execute(insp.finish())
     return run
 

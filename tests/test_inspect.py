@@ -6,9 +6,13 @@ verdict; `all_final` that none is missing) and rebuilds what each receiver got."
 from __future__ import annotations
 
 import base64
+import itertools
+import time
+from collections.abc import Callable
 from email.mime.application import MIMEApplication
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
+from typing import Any
 
 import pytest
 from inspect_helpers import FakeProfile, data_content, drive, parse, received, session
@@ -297,3 +301,54 @@ def test_non_header_line_in_message_headers_cannot_hide_an_attachment(junk: byte
         assert "missing-header-body-separator" in smtp["email"]["reason"]
         assert run.injected  # the client got the 554, the server a reset
         assert b"\r\n.\r\n" not in received(run, "c")  # the server never saw the end of DATA
+
+
+# --- quarantine answered late (the daemon's writer thread) -------------------------------------------
+@pytest.mark.parametrize("retransmit", [False, True], ids=["once", "retransmitted"])
+@pytest.mark.parametrize("defer", [1, 2, 5, 40])
+@pytest.mark.parametrize("case", ["exe", "docm_refused", "two_exes", "clean"])
+def test_quarantine_answered_late_changes_nothing(case: str, defer: int, retransmit: bool) -> None:
+    """The live daemon stores originals on a writer thread, so the inspector hears `quarantined`
+    packets later than replay's store answers. Delivered bytes, injected packets and events
+    (timestamps included) must be those of the immediate answer; the end of DATA must wait for
+    the answer (the server commits nothing before the original is durable)."""
+    parts = {
+        "exe": [(EXE, "請求書.exe")],
+        "docm_refused": [(DOCM, "m.docm")],
+        "two_exes": [(EXE, "a.exe"), (EXE, "b.exe")],
+        "clean": [],
+    }[case]
+    msg = mail(*parts, text="see attached\n")
+
+    def counting_qids() -> Callable[[int], str]:  # the same ids in both runs
+        n = itertools.count(1)
+        return lambda ts_us: time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(ts_us / 1e6)) + f"-{next(n):012x}"
+
+    # retransmitted: the client sends every segment again (the held end of DATA too), so the
+    # answer comes after later packets of the connection
+    now = drive(session(msg), mss=536, retransmit=retransmit, new_qid=counting_qids())
+    late = drive(session(msg), mss=536, retransmit=retransmit, defer_quarantine=defer, new_qid=counting_qids())
+    all_final(now)
+    all_final(late)
+    assert received(late, "c") == received(now, "c")
+    assert received(late, "s") == received(now, "s")
+
+    # the 554 and the server's RST are the same; the RSTs answering client segments after the 554
+    # depend on how many came after it (with a late answer they came before it and were dropped)
+    def refusal(run: Any) -> list[bytes]:
+        out = []
+        for i in run.injected:
+            t = IP(i.packet)[TCP]
+            if not (i.toward == "client" and t.flags.R and not bytes(t.payload)):
+                out.append(i.packet)
+        return out
+
+    assert refusal(late) == refusal(now)
+    assert late.events == now.events
+    if case != "clean":
+        end = next(pid for pid, (d, _, p, _) in late.sent.items() if d == "c" and p.endswith(b"\r\n.\r\n"))
+        stored = max(i for i, (what, _) in enumerate(late.order) if what == "stored")
+        if case == "docm_refused":  # withheld for good: the client got the 554
+            assert ("forward", end) not in late.order and late.injected
+        else:  # the end of DATA went on only after the last original was stored
+            assert late.order.index(("forward", end)) > stored

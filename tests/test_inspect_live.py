@@ -33,10 +33,10 @@ except ImportError:
     pytest.skip("gateway._nfq is not built", allow_module_level=True)
 
 from gateway.fastpath.common import CompiledPolicy  # noqa: E402
-from gateway.inspect.live import LiveMailInspector  # noqa: E402
+from gateway.inspect.live import LiveMailInspector, QuarantineWriter  # noqa: E402
 from gateway.lab import netns  # noqa: E402
 
-P = f"insp{os.getpid() % 10000}"
+P = f"lgw-insp{os.getpid() % 10000}"  # lgw-: the project's cleanup finds leftovers by prefix
 C, G, S = f"{P}-c", f"{P}-g", f"{P}-s"
 CLIENT, SERVER = "198.19.40.25", "198.18.20.25"
 QUEUE = 4242
@@ -57,6 +57,14 @@ c.start()
 import time
 while True: time.sleep(3600)
 """
+
+
+class SlowStore(MemoryStore):
+    """A put that takes as long as a slow disk's fsyncs: the end of DATA arrives before it ends."""
+
+    def put(self, original: bytes, meta: Any, qid: str | None = None) -> str:
+        time.sleep(0.2)
+        return super().put(original, meta, qid)
 
 
 def sh(*argv: str) -> None:
@@ -100,12 +108,14 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
-@pytest.fixture
-def gateway(net: dict[str, Any]) -> Iterator[dict[str, Any]]:
+@pytest.fixture(params=["store-at-once", "writer-thread"])
+def gateway(net: dict[str, Any], request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """The packet loop of a daemon worker; the quarantine put runs at once (as in replay) or on
+    the QuarantineWriter's thread (as the daemon does)."""
     from gateway._nfq import Queue
 
     events: list[dict[str, Any]] = []
-    store = MemoryStore()
+    store = MemoryStore() if request.param == "store-at-once" else SlowStore()
     stop = threading.Event()
     started = threading.Event()
     errors: list[BaseException] = []
@@ -116,7 +126,10 @@ def gateway(net: dict[str, Any]) -> Iterator[dict[str, Any]]:
         try:
             with netns.entered(G):
                 q = Queue(QUEUE, gso=True)
-                live = LiveMailInspector(q, policy, store, events.append, {"mail": FakeProfile()}, FakeClassifier)
+                writer = QuarantineWriter(store) if request.param == "writer-thread" else None
+                live = LiveMailInspector(
+                    q, policy, store, events.append, {"mail": FakeProfile()}, FakeClassifier, writer=writer
+                )
                 q.inspect = live.hook
                 state["live"], state["queue"] = live, q
                 started.set()
@@ -124,8 +137,11 @@ def gateway(net: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
                 p = select.poll()
                 p.register(q.fileno(), select.POLLIN)
+                if writer is not None:
+                    p.register(writer.fileno(), select.POLLIN)
                 while not stop.is_set():
                     p.poll(100)
+                    live.stored()
                     q.process(lambda pkt, ts, i, o: (2, 0, -1, -1, -1))  # everything queued is INSPECT
                 live.close()
                 q.close()

@@ -4,14 +4,25 @@ INSPECT packets reach `hook(packet_id, payload, decision)` without a verdict (ga
 defers it); the inspector's Forward/Drop commands become `queue.verdict(id, accept, payload)`,
 now or when a later packet releases a held one. Injected packets (the 554 reply with FIN to the
 client, the RST to the server) leave through raw sockets in the gateway's namespace: they take
-the OUTPUT path, which the gateway's FORWARD rules do not queue. Quarantine commands are run
-at once with the store (durable before the end of DATA is released).
+the OUTPUT path, which the gateway's FORWARD rules do not queue.
+
+Quarantine commands: the store's put (temp file, fsync, link, directory fsync, metadata, audit
+record) is disk latency the packet loop should not wait for. With a QuarantineWriter (the
+daemon's case) it runs on a thread of its own while the loop goes on; the inspector holds the
+segment carrying the end of DATA until `quarantined()` (its `pending_q`), so the server commits
+nothing before the original is durable, and the writer's pipe wakes the loop when a put is done.
+Without one (tests, tools) the put runs at once, as in replay.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
+import os
+import queue
 import socket
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -51,6 +62,62 @@ class RawSender:
         self._socks.clear()
 
 
+class QuarantineWriter:
+    """Runs the store's puts on one thread (so they keep their order and the store one writer)
+    and hands the outcomes back to the packet loop, which polls `fileno()`.
+
+    At most `max_pending` originals wait: a full queue blocks `submit`, so a disk slower than the
+    mail turns back into a packet loop waiting for it, never into unbounded memory."""
+
+    def __init__(self, store: Store, max_pending: int = 16) -> None:
+        self.store = store
+        self._todo: queue.Queue[Quarantine | None] = queue.Queue(maxsize=max_pending)
+        self._done: collections.deque[tuple[Quarantine, str | None, str | None]] = collections.deque()
+        self._rfd, self._wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.pending = 0  # submitted, outcome not taken yet (packet loop's count)
+        self._thread = threading.Thread(target=self._work, name="quarantine-writer", daemon=True)
+        self._thread.start()
+
+    def fileno(self) -> int:
+        return self._rfd
+
+    def submit(self, c: Quarantine) -> None:
+        self.pending += 1
+        self._todo.put(c)
+
+    def _work(self) -> None:
+        while (c := self._todo.get()) is not None:
+            qid: str | None
+            err: str | None
+            try:
+                qid, err = self.store.put(c.original, c.meta, qid=c.qid), None
+            except Exception as exc:  # QuarantineFull, disk errors: the inspector refuses
+                qid, err = None, str(exc) or type(exc).__name__
+            self._done.append((c, qid, err))
+            with contextlib.suppress(BlockingIOError):  # a full pipe: the loop is woken already
+                os.write(self._wfd, b"\0")
+
+    def take(self, wait: float = 0.0) -> list[tuple[Quarantine, str | None, str | None]]:
+        """Outcomes finished so far (after up to `wait` seconds for the first, when one is due)."""
+        deadline = time.monotonic() + wait
+        while self.pending and not self._done and time.monotonic() < deadline:
+            time.sleep(0.001)
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._rfd, 4096):
+                pass
+        out = []
+        while self._done:
+            out.append(self._done.popleft())
+        self.pending -= len(out)
+        return out
+
+    def close(self, timeout: float = 30.0) -> None:
+        self._todo.put(None)
+        self._thread.join(timeout)
+        os.close(self._rfd)
+        os.close(self._wfd)
+
+
 def live_config() -> InspectConfig:
     """Live and replay reassemble alike: out-of-order segments are held (within the window).
     Dropping them instead (to keep the kernel's queue free) turned every reordering or loss
@@ -72,10 +139,12 @@ class LiveMailInspector:
         classifier_factory: ClassifierFactory = default_classifier,
         config: InspectConfig | None = None,
         sender: Callable[[bytes], None] | None = None,
+        writer: QuarantineWriter | None = None,
     ) -> None:
         self.queue = queue
         self.policy = policy
         self.store = store
+        self.writer = writer
         self.events = events
         self.insp = MailInspector(
             profiles if profiles is not None else mail_profiles(policy), classifier_factory, config or live_config()
@@ -139,17 +208,39 @@ class LiveMailInspector:
             elif isinstance(c, Log):
                 self.events(c.event)
             elif isinstance(c, Quarantine):
+                if self.writer is not None:
+                    self.writer.submit(c)  # its outcome comes back through stored()
+                    continue
                 try:
                     qid: str | None = self.store.put(c.original, c.meta, qid=c.qid)
                     err = None
-                    self._count("quarantined")
                 except Exception as exc:  # QuarantineFull, disk errors: the inspector refuses
                     qid, err = None, str(exc)
-                    self._count("quarantine_errors")
-                    log.error("quarantine: %s", exc)
-                work = self.insp.quarantined(c.key, qid, err) + work
+                work = self._stored(c, qid, err) + work
+
+    def _stored(self, c: Quarantine, qid: str | None, err: str | None) -> list[Command]:
+        if err is None:
+            self._count("quarantined")
+        else:
+            self._count("quarantine_errors")
+            log.error("quarantine: %s", err)
+        return self.insp.quarantined(c.key, qid, err)
+
+    def stored(self, wait: float = 0.0) -> None:
+        """Feed the writer's finished puts to the inspector (the packet loop calls this when the
+        writer's fd is readable, and on every turn)."""
+        if self.writer is None or not self.writer.pending:
+            return
+        for c, qid, err in self.writer.take(wait):
+            self.run(self._stored(c, qid, err))
 
     def close(self) -> None:
+        if self.writer is not None:
+            # originals already asked for are made durable and their messages finished first
+            deadline = time.monotonic() + 30.0
+            while self.writer.pending and time.monotonic() < deadline:
+                self.stored(wait=0.1)
+            self.writer.close()
         self.run(self.insp.finish())
         if self._raw is not None:
             self._raw.close()

@@ -208,6 +208,7 @@ class _Message:
     root: PartStart | None = None
     refuse_reason: str | None = None
     data_end: DataEnd | None = None
+    data_end_us: int = 0  # timestamp of the packet that carried the end of DATA
     pending_q: int = 0
     actions: set[str] = field(default_factory=set)  # DEL_ATTACH CHG_TEXT REP_LINK
     finished: bool = False
@@ -389,6 +390,8 @@ class _Conn:
 
     def _after_refusal(self, packet_id: int, tcp: TcpPacket, d: Direction) -> None:
         self.out.append(Drop(packet_id, "refused"))
+        if self._refusal is not None:
+            return  # the 554 waits for the refused message's quarantine: it answers the client then
         if d is C2S and (tcp.payload or tcp.flags & FIN) and not tcp.flags & RST and self.insp.config.inject:
             # The server side is gone: answer as its TCP would, so the client does not hang.
             ack = tcp.seq + len(tcp.payload) + (1 if tcp.flags & FIN else 0)
@@ -520,6 +523,7 @@ class _Conn:
         if m is None:
             return
         m.data_end = e
+        m.data_end_us = self.ts_us
         for ev in m.parser.end():
             self._mime(m, ev)
             if self.refused:
@@ -987,7 +991,7 @@ class MailInspector:
         self.account = MemoryAccount()
         self._conns: dict[tuple[int, bytes, int, bytes, int], _Conn] = {}
         self._classifiers: dict[str, ClassifierLike] = {}
-        self._keys: dict[int, tuple[_Conn, _Message, _Part | None, str]] = {}
+        self._keys: dict[int, tuple[_Conn, _Message, _Part | None, str, int]] = {}
         self._next_key = 1
         self.counters: dict[str, int] = {}
 
@@ -1005,7 +1009,7 @@ class MailInspector:
     def new_key(self, conn: _Conn, m: _Message, p: _Part | None, qid: str) -> int:
         k = self._next_key
         self._next_key += 1
-        self._keys[k] = (conn, m, p, qid)
+        self._keys[k] = (conn, m, p, qid, conn.ts_us)
         return k
 
     @property
@@ -1055,10 +1059,19 @@ class MailInspector:
 
     def quarantined(self, key: int, qid: str | None, error: str | None = None) -> list[Command]:
         """The adapter stored (qid) or could not store (error) a Quarantine command's original."""
-        conn, m, p, want = self._keys.pop(key)
+        conn, m, p, want, asked_us = self._keys.pop(key)
         if qid is not None and qid != want:  # the notice names `want`: a store must keep it
             qid, error = None, f"stored as {qid}, not as the id {want} the notice names"
-        conn.quarantined(m, p, qid, error)
+        # What follows (the smtp event, a refusal) is timed as if the store had answered at once,
+        # as replay's does: at the packet that asked, or at the end of DATA if that came later.
+        # A live store answering from a writer thread answers after later packets; their times
+        # must not leak into the events, which are the same live and in replay.
+        now_us = conn.ts_us
+        conn.ts_us = max(asked_us, m.data_end_us if m.data_end is not None else 0)
+        try:
+            conn.quarantined(m, p, qid, error)
+        finally:
+            conn.ts_us = now_us
         return self._drain(conn)
 
     def _drain(self, conn: _Conn) -> list[Command]:
