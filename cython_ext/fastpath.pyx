@@ -1327,8 +1327,18 @@ def inet_checksum(const unsigned char[::1] data):
 
 # --- byte scans of the mail path (twins of gateway/bytescan.py, the specification) ------------------
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.object cimport PyObject
+
+
+cdef extern from "Python.h":
+    # the raw C API (no reference counting by Cython): a bytes object is filled, then shrunk
+    PyObject *LG_BytesNew "PyBytes_FromStringAndSize"(const char *, Py_ssize_t)
+    char *LG_BytesData "PyBytes_AS_STRING"(PyObject *)
+    int LG_BytesResize "_PyBytes_Resize"(PyObject **, Py_ssize_t)
+    void LG_DECREF "Py_DECREF"(PyObject *)
 
 cdef unsigned char _B64_VALUE[256]  # 0..63 alphabet, 64 whitespace (skipped), 255 anything else
+cdef unsigned char _EOL_CLASS[256]  # 1 CR, 2 LF, 0 anything else
 
 
 cdef void _init_b64() noexcept:
@@ -1340,6 +1350,8 @@ cdef void _init_b64() noexcept:
         _B64_VALUE[<unsigned char>alphabet[i]] = i
     for i in (0x20, 0x09, 0x0D, 0x0A):
         _B64_VALUE[i] = 64
+    for i in range(256):
+        _EOL_CLASS[i] = 1 if i == 0x0D else 2 if i == 0x0A else 0
 
 
 _init_b64()
@@ -1375,17 +1387,18 @@ def eol_layout_equal(bytes old, bytes new):
         return False
     cdef const unsigned char *a = <const unsigned char *>PyBytes_AS_STRING(old)
     cdef const unsigned char *b = <const unsigned char *>PyBytes_AS_STRING(new)
-    cdef Py_ssize_t i
-    cdef bint same = True
-    cdef unsigned char x, y
+    cdef Py_ssize_t i, start = 0, stop
+    cdef unsigned char diff = 0
     with nogil:
-        for i in range(n):
-            x = a[i]
-            y = b[i]
-            if x != y and (x == 0x0D or x == 0x0A or y == 0x0D or y == 0x0A):
-                same = False
-                break
-    return same
+        # branch-free: a rewrite differs from its original almost everywhere, so a test per
+        # differing byte would be a mispredicted branch per byte; OR the class differences of a
+        # block of bytes together and test once per block
+        while start < n and diff == 0:
+            stop = start + 4096 if start + 4096 < n else n
+            for i in range(start, stop):
+                diff |= _EOL_CLASS[a[i]] ^ _EOL_CLASS[b[i]]
+            start = stop
+    return diff == 0
 
 
 def b64_decode_plain(bytes carry, bytes data):
@@ -1398,26 +1411,17 @@ def b64_decode_plain(bytes carry, bytes data):
     cdef Py_ssize_t nd = PyBytes_GET_SIZE(data)
     cdef const unsigned char *c = <const unsigned char *>PyBytes_AS_STRING(carry)
     cdef const unsigned char *d = <const unsigned char *>PyBytes_AS_STRING(data)
-    cdef Py_ssize_t i, alpha = nc, written = 0
-    cdef unsigned char v
+    cdef Py_ssize_t i, written = 0
     cdef bint bad = nc > 3
     for i in range(nc if not bad else 0):
         bad = bad or _B64_VALUE[c[i]] >= 64
     if bad:
         raise ValueError("carry must be fewer than 4 base64 alphabet characters")
-    # pass 1: the exact output size, and whether the general path is needed
-    with nogil:
-        for i in range(nd):
-            v = _B64_VALUE[d[i]]
-            if v < 64:
-                alpha += 1
-            elif v == 255:
-                bad = True
-                break
-    if bad:
-        return None
-    cdef object out = PyBytes_FromStringAndSize(NULL, (alpha // 4) * 3)
-    cdef unsigned char *o = <unsigned char *>PyBytes_AS_STRING(out)
+    # one pass: the output is sized for no whitespace and shrunk in place at the end
+    cdef PyObject *raw = LG_BytesNew(NULL, ((nc + nd) // 4) * 3)
+    if raw == NULL:
+        raise MemoryError()
+    cdef unsigned char *o = <unsigned char *>LG_BytesData(raw)
     cdef unsigned char v0, v1, v2, v3
     cdef int k = 0
     cdef uint32_t q = 0
@@ -1453,6 +1457,16 @@ def b64_decode_plain(bytes carry, bytes data):
                     written += 3
                     k = 0
                     q = 0
+            elif v0 == 255:
+                bad = True
+                break
+    if bad:
+        LG_DECREF(raw)
+        return None
+    if LG_BytesResize(&raw, written) < 0:  # frees the object and sets raw = NULL on failure
+        raise MemoryError()
+    cdef object out = <object>raw  # `out` takes a reference of its own ...
+    LG_DECREF(raw)  # ... so the one LG_BytesNew made is dropped
     # the new carry: the last k alphabet characters (of data, then of the old carry)
     cdef unsigned char pending[4]
     cdef int left = k
