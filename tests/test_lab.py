@@ -29,7 +29,6 @@ from gateway.lab import (
     running_lab,
     smtp_client,
 )
-from gateway.lab.core import daemon_available
 
 pytestmark = [
     pytest.mark.root,
@@ -152,13 +151,6 @@ def test_up_when_already_up_fails_and_leaves_the_lab_alone(lab: Lab) -> None:
     assert r.returncode == 1 and "another lab operation" in r.stderr
     assert all(netns.exists(n) for n in lab.all_namespaces())
     assert run_probes(lab.prefix, [Probe("lgwan-terminal", "chukan", "tcp", 443)])[0].passed
-
-
-@pytest.mark.skipif(daemon_available(), reason="the daemon has landed")
-def test_up_with_daemon_fails_clearly_until_the_daemon_exists(tmp_path: Path) -> None:
-    r = _cli("up", "--prefix", "lgwd-", "--state-dir", str(tmp_path))
-    assert r.returncode == 1 and "--no-daemon" in r.stderr
-    assert not [n for n in netns.list_namespaces() if n.startswith("lgwd-")]
 
 
 class _FailingLab(Lab):
