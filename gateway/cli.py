@@ -59,15 +59,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--rules-check-interval", type=float, help="seconds between checks of the iptables rules ([daemon], 5)"
     )
+    p.add_argument(
+        "--firewall",
+        choices=("iptables", "nft", "auto"),
+        help="rules backend ([daemon] firewall, default iptables; nft where the kernel can queue from nftables)",
+    )
     p.set_defaults(func=_run)
 
-    p = sub.add_parser("rules", help="print the iptables-restore input `run` installs, or --remove the rules")
+    p = sub.add_parser("rules", help="print the rules `run` installs (iptables-restore or nft input), or --remove them")
     p.add_argument("--config", help="TOML policy file")
     p.add_argument("--queue", type=int, help="first NFQUEUE number ([daemon] queue, default 0)")
     p.add_argument("--workers", type=int, help="worker processes / queues ([daemon] workers, default 1)")
     p.add_argument("--offload", action=argparse.BooleanOptionalAction, help="the rules of `run --[no-]offload`")
     p.add_argument("--fresh", action="store_true", help="print for a host without lgwan-gateway rules")
     p.add_argument("--remove", action="store_true", help="remove the chains: forwarded traffic is then UNFILTERED")
+    p.add_argument("--firewall", choices=("iptables", "nft", "auto"), help="print for this backend ([daemon] firewall)")
     p.set_defaults(func=_rules)
 
     # `quarantine` sub-actions are defined beside their code (stdlib-only import; the store loads lazily)

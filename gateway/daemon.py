@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import select
+import shutil
 import signal
 import socket
 import sys
@@ -39,6 +40,7 @@ from typing import Any, Protocol
 
 from gateway.fastpath.common import CompiledPolicy, Limits, RawEvent, format_event
 from gateway.io import iptables as ipt
+from gateway.io import nftables as nft
 from gateway.io.metrics import DEFAULT_ADDRESS, DEFAULT_PORT, DaemonView, WorkerSnapshot
 from gateway.io.sdnotify import Notifier
 from gateway.policy.model import DaemonSection, metrics_address_problem
@@ -98,6 +100,7 @@ class Settings:
     check_interval: float = 5.0
     max_batch: int = 64
     queue_maxlen: int = 8192
+    firewall: str = "iptables"  # iptables | nft | auto (select_firewall)
 
     def rules_config(self, generation: int, running: bool = True) -> ipt.RulesConfig:
         return ipt.RulesConfig(
@@ -121,7 +124,7 @@ class SettingsError(ValueError):
 # below switch together, or (an error anywhere) nothing does.
 RELOADABLE = ("events", "check_interval")
 RESTART_ONLY = ("queue", "workers", "offload", "fail_open", "metrics_port", "metrics_address", "max_batch",
-                "queue_maxlen")  # fmt: skip
+                "queue_maxlen", "firewall")  # fmt: skip
 
 
 def settings_for(args: argparse.Namespace, loaded: Loaded) -> Settings:
@@ -154,7 +157,25 @@ def settings_for(args: argparse.Namespace, loaded: Loaded) -> Settings:
         check_interval=float(pick("rules_check_interval", d.rules_check_interval)),
         max_batch=d.max_batch,
         queue_maxlen=d.queue_maxlen,
+        firewall=str(pick("firewall", d.firewall)),
     )
+
+
+Firewall = ipt.Iptables | nft.Nftables
+
+
+def select_firewall(choice: str, probe: Callable[[], tuple[bool, str]] = nft.probe) -> Firewall:
+    """The rules backend for `[daemon] firewall`: iptables; nft only where `nft.probe()` passes
+    (refused with its reason otherwise: fail closed, nothing installed); auto = nft if it passes."""
+    if choice == "iptables":
+        return ipt.Iptables()
+    ok, why = probe()
+    if ok:
+        return nft.Nftables()
+    if choice == "nft":
+        raise SettingsError(f'firewall = "nft" cannot be used here: {why}')
+    log.info("firewall = auto: using iptables (nftables backend unavailable: %s)", why)
+    return ipt.Iptables()
 
 
 def restart_only_changes(running: Settings, wanted: Settings, limits: Limits, new_limits: Limits) -> list[str]:
@@ -451,7 +472,7 @@ class Supervisor:
         settings: Settings,
         loaded: Loaded,
         loader: Loader = default_loader,
-        iptables: ipt.Iptables | None = None,
+        iptables: Firewall | None = None,
         notifier: Notifier | None = None,
         args: argparse.Namespace | None = None,
     ) -> None:
@@ -462,7 +483,9 @@ class Supervisor:
         self.policy = loaded.compiled
         self.limits = loaded.limits
         self.generation = loaded.compiled.generation
-        self.ipt = iptables or ipt.Iptables()
+        # the rules backend (iptables or nftables): chosen in run() when not given (tests give one)
+        self._firewall = iptables
+        self.ipt: Firewall = iptables or ipt.Iptables()
         self.notify = notifier or Notifier()
         self.view = DaemonView(offload=settings.offload, policy_generation=self.generation)
         self.workers: dict[int, WorkerProc] = {}
@@ -485,6 +508,12 @@ class Supervisor:
                     "forwarded traffic passes UNFILTERED !!!"
                 )
         if s.manage_rules:
+            if self._firewall is None:
+                try:
+                    self.ipt = select_firewall(s.firewall)
+                except SettingsError as exc:
+                    log.error("%s", exc)
+                    return 1
             installed = self.ipt.installed_generation()
             self.mark_gen = ipt.next_generation(installed)
         rfd, wfd = socket.socketpair()
@@ -507,7 +536,8 @@ class Supervisor:
                 self._setup_kernel_readers()
                 self._stop_metrics = serve(self.view, s.metrics_port, s.metrics_address)
             log.info(
-                "running: policy %s generation %d, %d worker(s) on queue %d%s, offload %s (mark generation %d)",
+                "running: policy %s generation %d, %d worker(s) on queue %d%s, offload %s (mark generation %d), "
+                "rules by %s",
                 s.config,
                 self.generation,
                 s.workers,
@@ -515,11 +545,12 @@ class Supervisor:
                 f"..{s.queue + s.workers - 1}" if s.workers > 1 else "",
                 "on" if s.offload else "off",
                 self.mark_gen,
+                ("nft" if isinstance(self.ipt, nft.Nftables) else "iptables") if s.manage_rules else "nobody",
             )
             self.notify.ready(f"generation {self.generation}")
             status = self._loop(rfd)
-        except ipt.IptablesError as exc:
-            log.error("iptables: %s", exc)
+        except ipt.IptablesError as exc:  # nftables errors are IptablesErrors too
+            log.error("firewall rules (%s): %s", "nft" if isinstance(self.ipt, nft.Nftables) else "iptables", exc)
             status = 1
         finally:
             self.notify.stopping()
@@ -809,11 +840,15 @@ def run_command(args: argparse.Namespace, loader: Loader = default_loader) -> in
 
 
 def rules_command(args: argparse.Namespace, loader: Loader = default_loader) -> int:
-    """Print the iptables-restore input `run` installs (per family), or remove the rules."""
+    """Print the iptables-restore (or nft) input `run` installs, or remove the rules."""
     tables = ipt.Iptables()
     if args.remove:
         try:
             tables.remove()
+            # the nftables table too, where one was installed (firewall = "nft" or "auto")
+            if shutil.which("nft") and nft.Nftables().installed_generation() is not None:
+                nft.Nftables().remove()
+                print(f"removed the nftables table {nft.FAMILY} {nft.TABLE}")
         except ipt.IptablesError as exc:
             print(f"lgwan-gateway rules --remove: {exc}", file=sys.stderr)
             return 1
@@ -830,6 +865,11 @@ def rules_command(args: argparse.Namespace, loader: Loader = default_loader) -> 
     except SettingsError as exc:
         print(f"lgwan-gateway rules: {exc}", file=sys.stderr)
         return 2
+    if settings.firewall != "iptables":
+        ok, why = nft.probe() if os.geteuid() == 0 else (False, "not root: cannot ask the kernel")
+        if settings.firewall == "nft" or ok:
+            return _print_nft_rules(settings, ok, why, fresh=args.fresh)
+        print(f"# firewall = auto: iptables (nftables backend unavailable: {why})")
     states: dict[int, ipt.State | None] = dict.fromkeys(ipt.FAMILIES)
     installed: int | None = None
     if not args.fresh:
@@ -844,6 +884,18 @@ def rules_command(args: argparse.Namespace, loader: Loader = default_loader) -> 
         where = "this host's current ruleset" if states[fam] is not None else "a host without lgwan-gateway rules"
         print(f"# IPv{fam}: {ipt.tool(fam, 'restore')} --noflush  (computed against {where})")
         print(ipt.restore_input(cfg, states[fam]), end="")
+    return 0
+
+
+def _print_nft_rules(settings: Settings, usable: bool, why: str, *, fresh: bool) -> int:
+    installed: int | None = None
+    if not fresh:
+        try:
+            installed = nft.Nftables().installed_generation()
+        except ipt.IptablesError:
+            installed = None  # not root / no nft: print for a clean host
+    print(f"# nft -f -  (one transaction, IPv4 and IPv6; {'usable here' if usable else 'NOT usable here: ' + why})")
+    print(nft.ruleset(settings.rules_config(ipt.next_generation(installed))), end="")
     return 0
 
 

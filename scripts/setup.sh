@@ -21,6 +21,7 @@ trap 'rm -f "$LOG"' EXIT
 APT_PACKAGES=(
     python3 python3-venv python3-dev gcc libc6-dev
     iptables libnetfilter-queue-dev iproute2 libmagic1 tcpdump
+    nftables  # nft: the optional nftables rules backend (gateway/io/nftables.py) and its tests
     iperf3 sockperf build-essential libmnl-dev  # peers and the C NFQUEUE loops of bench/bench_live.py
     systemd  # systemd-analyze: the daemon tests verify systemd/lgwan-gateway.service offline
     clamav-daemon  # clamd: optional attachment scanning; tests/test_classify_scanners.py runs a real one

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import uuid
 from collections.abc import Iterator, Sequence
 
 import pytest
+from netns_helpers import ns_runner, scratch_netns
 
 from gateway.io import iptables as ipt
 
@@ -105,32 +102,14 @@ def test_install_with_fake_runner_retries_once() -> None:
 # --- real iptables in a throwaway namespace ------------------------------------------------------
 
 
-def _root_ok() -> bool:
-    return os.geteuid() == 0 and ipt.available() and shutil.which("ip") is not None
-
-
 @pytest.fixture
 def netns() -> Iterator[str]:
-    if not _root_ok():
-        if os.environ.get("CI"):
-            raise RuntimeError("iptables namespace tests need root and iptables in CI")
-        pytest.skip("needs root and iptables")
-    name = f"lgw-t-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
+    with scratch_netns("t", ("iptables-save", "iptables-restore", "ip6tables-save", "ip6tables-restore")) as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def _ns_runner(ns: str) -> ipt.Runner:
-    def run(argv: Sequence[str], stdin: str | None) -> str:
-        proc = subprocess.run(["ip", "netns", "exec", ns, *argv], input=stdin, capture_output=True, text=True)
-        if proc.returncode:
-            raise ipt.IptablesError(proc.stderr)
-        return proc.stdout
-
-    return run
+    return ns_runner(ns, ipt.IptablesError)
 
 
 @pytest.mark.root

@@ -238,6 +238,9 @@ class DaemonSection(_Strict):
     rules_check_interval: float = Field(default=5.0, gt=0, le=3600)
     max_batch: int = Field(default=64, ge=1, le=1024)  # packets per recvmmsg / verdict send
     queue_maxlen: int = Field(default=8192, ge=1, le=1_048_576)  # kernel queue length per queue
+    # rules backend: iptables (default, tested), nft (refused at start where the kernel cannot
+    # queue from nftables), auto (nft when gateway.io.nftables.probe() says it works, else iptables)
+    firewall: Literal["iptables", "nft", "auto"] = "iptables"
 
 
 class PolicyConfig(_Strict):
