@@ -12,6 +12,7 @@ default profile; `sample(key)` returns one.
 
 from __future__ import annotations
 
+import binascii
 import bz2
 import gzip
 import io
@@ -867,6 +868,18 @@ def _const(b: bytes) -> Callable[[], bytes]:
     return lambda: b
 
 
+def uu_text(data: bytes, name: str, base64_form: bool = False) -> bytes:
+    """A plain-text message with a uuencoded file in it (Thunderbird and Outlook offer it as an
+    attachment): `begin 644 NAME` ... `end`, or `begin-base64` ... `====` (uuencode -m)."""
+    if base64_form:
+        body = binascii.b2a_base64(data).replace(b"\n", b"\r\n")
+        block = f"begin-base64 644 {name}\r\n".encode() + body + b"====\r\n"
+    else:
+        lines = [binascii.b2a_uu(data[i : i + 45]).replace(b"\n", b"\r\n") for i in range(0, len(data), 45)]
+        block = f"begin 644 {name}\r\n".encode() + b"".join(lines) + b"`\r\nend\r\n"
+    return b"Hello,\r\nthe file is below.\r\n\r\n" + block + b"\r\nRegards\r\n"
+
+
 SAMPLES: tuple[Sample, ...] = (
     # pass
     Sample("clean_pdf", "見積書.pdf", clean_pdf, "pdf", "pass", "application/pdf"),
@@ -884,6 +897,8 @@ SAMPLES: tuple[Sample, ...] = (
     Sample("gif", "icon.gif", gif, "image", "pass", "image/gif"),
     Sample("png_as_jpg", "photo.jpg", png, "image", "pass", "image/jpeg"),
     Sample("text", "readme.txt", _const(TEXT_SJIS), "text", "pass", "text/plain"),
+    # uuencoded files in a text (libmagic: "uuencoded text", text/plain)
+    Sample("uu_jpeg_in_text", "photo.txt", lambda: uu_text(jpeg(), "photo.jpg"), "text", "pass", "text/plain"),
     Sample("csv", "名簿.csv", _const(CSV), "text", "pass", "text/csv"),
     Sample("dxf", "図面.dxf", _const(DXF), "cad", "pass"),
     Sample("jww", "図面.jww", _const(JWW), "cad", "pass"),
@@ -909,6 +924,17 @@ SAMPLES: tuple[Sample, ...] = (
     Sample("bat_as_txt_shebang", "run.txt", _const(SHELL), "script", "remove", "text/plain"),
     # libmagic calls an interpreter it has no entry for text/plain
     Sample("shebang_unknown", "setup", _const(NFT_SCRIPT), "script", "remove", "text/plain"),
+    Sample(
+        "uu_exe_in_text", "readme.txt", lambda: uu_text(pe_exe(), "invoice.exe"), "executable", "remove", "text/plain"
+    ),
+    Sample(
+        "uu_base64_exe_in_text",
+        "notes.txt",
+        lambda: uu_text(pe_exe(), "setup.exe", base64_form=True),
+        "executable",
+        "remove",
+        "text/plain",
+    ),
     Sample("zip_exe", "invoice.zip", lambda: zip_of({"invoice.exe": pe_exe()}), "executable", "remove"),
     Sample("zip_exe_cp932", "請求書.zip", lambda: zip_cp932({"請求書.pdf.exe": pe_exe()}), "executable", "remove"),
     Sample("targz_elf", "tools.tar.gz", lambda: tar_of({"bin/tool": elf()}, "gz"), "executable", "remove"),

@@ -22,7 +22,7 @@ from typing import Literal
 import magic
 
 from gateway.mime.names import TRUE_TYPE_EXTENSIONS, DecodedName, check_name, extension
-from gateway.sanitize import archives, office, pdf
+from gateway.sanitize import archives, office, pdf, uuencode
 from gateway.sanitize.base import Budget, Finding, LimitHit, Uninspectable, show
 from gateway.sanitize.profile import CATEGORIES, MailProfile
 from gateway.sanitize.scanners import Clamd, Yara
@@ -369,6 +369,11 @@ class _Walk:
             if archives.is_tar(data):
                 archives.walk_tar(data, self, where, depth + 1)
                 return "archive"
+            if category in ("text", "other") and b"begin" in data:
+                # uuencoded files in a text: mail clients offer them as attachments
+                for name, decoded in uuencode.blocks(data, self.budget, where):
+                    self.budget.enter(depth + 1, where)
+                    self.member(decoded, [name], f"{where}/{show(name)} (uuencoded)", depth + 1)
         except Uninspectable as exc:
             self.add(Finding("encrypted", f"{exc} at {where}: cannot be inspected"))
             return "encrypted"
