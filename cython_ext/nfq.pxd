@@ -40,6 +40,7 @@ cdef extern from "<sys/socket.h>" nogil:
     int SO_RCVTIMEO
     int MSG_DONTWAIT
     int MSG_TRUNC
+    int MSG_WAITFORONE
 
 
 cdef extern from "<unistd.h>" nogil:

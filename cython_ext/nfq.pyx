@@ -89,6 +89,7 @@ cdef class Queue:
     cdef dict _deferred  # packet id -> mark, for INSPECT packets awaiting the hook's verdict
     cdef char* pbuf  # one verdict message with a payload
     cdef bint in_process
+    cdef int wait_ms  # the SO_RCVTIMEO now set (process(wait_ms=...)); 0: none (reads never block)
     # counters
     cdef uint64_t c_packets, c_batches, c_truncated, c_inspect_unavailable, c_fragment_dropped
     cdef uint64_t c_offload_marked, c_gso, c_enobufs, c_netlink_errors, c_parse_errors
@@ -270,15 +271,31 @@ cdef class Queue:
         else:
             self.c_dropped += 1
 
-    def process(self, decide):
-        """Read up to max_batch queued packets without blocking, decide and verdict all of them.
-        Returns the number of packets handled (0: nothing was waiting)."""
-        cdef int n, i, rem, handled = 0
+    def process(self, decide, int wait_ms=0):
+        """Read up to max_batch queued packets, decide and verdict all of them. Returns the number
+        of packets handled (0: nothing was waiting).
+
+        wait_ms > 0: wait up to that long for the first packet, in the read itself and without the
+        GIL (a signal ends the wait early: the caller's wake-up for other work). A packet is then
+        decided straight from the read that waited for it, with no poll() before it: one syscall
+        and one trip through Python less per wake-up on the per-packet path."""
+        cdef int n, i, rem, handled = 0, flags = MSG_DONTWAIT
         cdef nlmsghdr* m
         cdef int64_t ts_us
+        cdef timeval tv
         if self.fd < 0:
             raise ValueError("queue is closed")
-        n = recvmmsg(self.fd, self.msgs, self.max_batch, MSG_DONTWAIT, NULL)
+        if wait_ms > 0:
+            if wait_ms != self.wait_ms:
+                tv.tv_sec = wait_ms // 1000
+                tv.tv_usec = (wait_ms % 1000) * 1000
+                setsockopt(self.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv))
+                self.wait_ms = wait_ms
+            flags = MSG_WAITFORONE
+            with nogil:
+                n = recvmmsg(self.fd, self.msgs, self.max_batch, flags, NULL)
+        else:
+            n = recvmmsg(self.fd, self.msgs, self.max_batch, flags, NULL)
         if n < 0:
             if errno == EAGAIN or errno == EINTR:
                 return 0

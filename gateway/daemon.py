@@ -32,6 +32,7 @@ import shutil
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -331,6 +332,59 @@ def _recover_quarantine(policy: CompiledPolicy) -> None:
         )
 
 
+class _Waker:
+    """Wakes a worker blocked in its queue read when something else needs it: the supervisor's pipe
+    or the quarantine writer's. The worker waits for packets in the read itself (Queue.process with
+    wait_ms: no poll() per packet); this thread polls the other fds and interrupts that read with
+    SIGUSR2 (EINTR) until the worker has taken the work (`taken`). A signal landing just before
+    the read starts is repeated every millisecond, so nothing waits longer than that."""
+
+    def __init__(self, fds: list[int]) -> None:
+        signal.signal(signal.SIGUSR2, lambda signum, frame: None)  # EINTR only, no default action
+        self.due = False
+        self._taken = threading.Event()
+        self._main = threading.main_thread().ident or threading.get_ident()
+        self._rfd, self._wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)  # adds fds, stops
+        self._poller = select.poll()
+        self._poller.register(self._rfd, select.POLLIN)
+        for fd in fds:
+            self._poller.register(fd, select.POLLIN)
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="worker-waker", daemon=True)
+        self._thread.start()
+
+    def add(self, fd: int) -> None:
+        self._poller.register(fd, select.POLLIN)
+        os.write(self._wfd, b"\0")  # re-enter poll() with the new fd
+
+    def _run(self) -> None:
+        while not self._stopping:
+            ready = self._poller.poll()
+            if any(fd == self._rfd for fd, _ in ready):
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._rfd, 4096)
+                if len(ready) == 1:
+                    continue
+            self._taken.clear()
+            self.due = True
+            while not self._stopping:
+                signal.pthread_kill(self._main, signal.SIGUSR2)
+                if self._taken.wait(0.001):
+                    break
+
+    def taken(self) -> None:
+        """The worker handled what was due (called after reading the fds)."""
+        self.due = False
+        self._taken.set()
+
+    def close(self) -> None:
+        self._stopping = True
+        self._taken.set()
+        with contextlib.suppress(OSError):
+            os.write(self._wfd, b"\0")
+        self._thread.join(2)
+
+
 def worker_main(
     index: int, settings: Settings, policy: CompiledPolicy, limits: Limits, mark_gen: int, conn: Connection
 ) -> int:
@@ -367,11 +421,8 @@ def worker_main(
     q.inspect = mail.hook if mail is not None else None
     conn.send(("ready", index, os.getpid()))
 
-    poller = select.poll()
-    poller.register(q.fileno(), select.POLLIN)
-    poller.register(conn.fileno(), select.POLLIN)
-    if mail is not None and mail.writer is not None:
-        poller.register(mail.writer.fileno(), select.POLLIN)  # a quarantine put is done
+    waker = _Waker([conn.fileno()] + ([mail.writer.fileno()] if mail is not None and mail.writer is not None else []))
+    wait_ms = int(REPORT_INTERVAL * 1000)
     decide = engine.decide
     max_batch = settings.max_batch
     next_report = 0.0
@@ -400,16 +451,18 @@ def worker_main(
         )
 
     try:
-        conn_fd = conn.fileno()
         while not stop:
-            # the supervisor's pipe is read only when poll says so: a conn.poll() on every turn
-            # was one more syscall per wake-up on the per-packet path (latency of --no-offload)
-            from_supervisor = any(fd == conn_fd for fd, _ in poller.poll(REPORT_INTERVAL * 1000))
-            if mail is not None:
-                mail.stored()  # the end of DATA held for a durable original goes on first
-            for _ in range(MAX_DRAIN_BATCHES):
-                if q.process(decide) < max_batch:
-                    break
+            # wait for packets in the read itself (at most wait_ms, for the heartbeat); the waker
+            # interrupts it when the supervisor or the quarantine writer has something
+            if q.process(decide, wait_ms) >= max_batch:
+                for _ in range(MAX_DRAIN_BATCHES - 1):
+                    if q.process(decide) < max_batch:
+                        break
+            from_supervisor = waker.due
+            if from_supervisor:
+                waker.taken()  # before reading: what arrives from now on wakes us again
+                if mail is not None:
+                    mail.stored()  # the end of DATA held for a durable original goes on first
             evs = engine.pop_events()
             if evs:
                 events.write(evs, policy)
@@ -427,7 +480,7 @@ def worker_main(
                         mail = _mail_inspector(q, policy, events)
                         q.inspect = mail.hook if mail is not None else None
                         if mail is not None and mail.writer is not None:
-                            poller.register(mail.writer.fileno(), select.POLLIN)
+                            waker.add(mail.writer.fileno())
                     q.offload_mark = ipt.offload_mark(mark_gen) if settings.offload else 0
                     try:
                         events.switch(events_path)
@@ -449,6 +502,7 @@ def worker_main(
     except (BrokenPipeError, EOFError):
         return 1  # the supervisor is gone
     finally:
+        waker.close()
         if mail is not None:
             with contextlib.suppress(Exception):
                 mail.close()
