@@ -48,7 +48,9 @@ def b64_decode_plain_py(carry: bytes, data: bytes) -> tuple[bytes, bytes] | None
     return binascii.a2b_base64(s[:n]), s[n:]
 
 
-def _select(name: str, reference: Callable[..., Any]) -> Callable[..., Any]:
+def compiled_twin(name: str, reference: Callable[..., Any]) -> Callable[..., Any]:
+    """gateway._fastpath.NAME, the compiled twin of `reference`, unless LGWAN_GATEWAY_PURE_PYTHON=1
+    or the extension is not built (then `reference`: the same results, only slower)."""
     if os.environ.get("LGWAN_GATEWAY_PURE_PYTHON") == "1":
         return reference
     try:
@@ -59,8 +61,8 @@ def _select(name: str, reference: Callable[..., Any]) -> Callable[..., Any]:
     return compiled
 
 
-bare_eol: Callable[[bytes], bool] = _select("bare_eol", bare_eol_py)
-eol_layout_equal: Callable[[bytes, bytes], bool] = _select("eol_layout_equal", eol_layout_equal_py)
-b64_decode_plain: Callable[[bytes, bytes], tuple[bytes, bytes] | None] = _select(
+bare_eol: Callable[[bytes], bool] = compiled_twin("bare_eol", bare_eol_py)
+eol_layout_equal: Callable[[bytes, bytes], bool] = compiled_twin("eol_layout_equal", eol_layout_equal_py)
+b64_decode_plain: Callable[[bytes, bytes], tuple[bytes, bytes] | None] = compiled_twin(
     "b64_decode_plain", b64_decode_plain_py
 )

@@ -417,11 +417,20 @@ def worker_main(
         return 1
     q.offload_mark = ipt.offload_mark(mark_gen) if settings.offload else 0
     events = EventWriter(settings.events)
-    mail = _mail_inspector(q, policy, events)
-    q.inspect = mail.hook if mail is not None else None
+    waker = _Waker([conn.fileno()])
+
+    def attach_mail_inspector(policy: CompiledPolicy) -> Any:
+        """The policy's mail inspector (None without inspect rules), hooked to the queue, its
+        quarantine writer to the waker."""
+        mail = _mail_inspector(q, policy, events)
+        q.inspect = mail.hook if mail is not None else None
+        if mail is not None and mail.writer is not None:
+            waker.add(mail.writer.fileno())
+        return mail
+
+    mail = attach_mail_inspector(policy)
     conn.send(("ready", index, os.getpid()))
 
-    waker = _Waker([conn.fileno()] + ([mail.writer.fileno()] if mail is not None and mail.writer is not None else []))
     wait_ms = int(REPORT_INTERVAL * 1000)
     decide = engine.decide
     max_batch = settings.max_batch
@@ -458,8 +467,8 @@ def worker_main(
                 for _ in range(MAX_DRAIN_BATCHES - 1):
                     if q.process(decide) < max_batch:
                         break
-            from_supervisor = waker.due
-            if from_supervisor:
+            woken = waker.due  # the supervisor's pipe or the quarantine writer's
+            if woken:
                 waker.taken()  # before reading: what arrives from now on wakes us again
                 if mail is not None:
                     mail.stored()  # the end of DATA held for a durable original goes on first
@@ -469,7 +478,7 @@ def worker_main(
             if q.last_error is not last_error:
                 last_error = q.last_error
                 log.error("worker %d: %r", index, last_error)
-            while from_supervisor and conn.poll():
+            while woken and conn.poll():
                 msg = conn.recv()
                 if msg[0] == "policy":
                     _, policy, mark_gen, events_path = msg
@@ -477,10 +486,7 @@ def worker_main(
                     if mail is not None:
                         mail.set_policy(policy)
                     else:
-                        mail = _mail_inspector(q, policy, events)
-                        q.inspect = mail.hook if mail is not None else None
-                        if mail is not None and mail.writer is not None:
-                            waker.add(mail.writer.fileno())
+                        mail = attach_mail_inspector(policy)
                     q.offload_mark = ipt.offload_mark(mark_gen) if settings.offload else 0
                     try:
                         events.switch(events_path)
@@ -602,12 +608,12 @@ class Supervisor:
                 f"..{s.queue + s.workers - 1}" if s.workers > 1 else "",
                 "on" if s.offload else "off",
                 self.mark_gen,
-                ("nft" if isinstance(self.ipt, nft.Nftables) else "iptables") if s.manage_rules else "nobody",
+                self.ipt.name if s.manage_rules else "nobody",
             )
             self.notify.ready(f"generation {self.generation}")
             status = self._loop(rfd)
         except ipt.IptablesError as exc:  # nftables errors are IptablesErrors too
-            log.error("firewall rules (%s): %s", "nft" if isinstance(self.ipt, nft.Nftables) else "iptables", exc)
+            log.error("firewall rules (%s): %s", self.ipt.name, exc)
             status = 1
         finally:
             self.notify.stopping()
@@ -903,8 +909,9 @@ def rules_command(args: argparse.Namespace, loader: Loader = default_loader) -> 
         try:
             tables.remove()
             # the nftables table too, where one was installed (firewall = "nft" or "auto")
-            if shutil.which("nft") and nft.Nftables().installed_generation() is not None:
-                nft.Nftables().remove()
+            nft_tables = nft.Nftables()
+            if shutil.which("nft") and nft_tables.installed_generation() is not None:
+                nft_tables.remove()
                 print(f"removed the nftables table {nft.FAMILY} {nft.TABLE}")
         except ipt.IptablesError as exc:
             print(f"lgwan-gateway rules --remove: {exc}", file=sys.stderr)

@@ -228,7 +228,7 @@ class LiveMailInspector:
 
     def stored(self, wait: float = 0.0) -> None:
         """Feed the writer's finished puts to the inspector (the packet loop calls this when the
-        writer's fd is readable, and on every turn)."""
+        writer's fd is readable)."""
         if self.writer is None or not self.writer.pending:
             return
         for c, qid, err in self.writer.take(wait):

@@ -8,10 +8,11 @@ checksums, and crafted segments for the refusal (554 reply, RST) it injects.
 from __future__ import annotations
 
 import ipaddress
-import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from gateway.bytescan import compiled_twin
 
 IPPROTO_TCP = 6
 _V6_EXT = frozenset({0, 43, 60})  # hop-by-hop, routing, destination options: skipped to reach TCP
@@ -119,19 +120,8 @@ def _checksum_py(data: bytes) -> int:
     return ~s & 0xFFFF
 
 
-def _select_checksum() -> Callable[[bytes], int]:
-    """The compiled checksum (~20x faster on a 64 KiB GSO packet), unless
-    LGWAN_GATEWAY_PURE_PYTHON=1 or the fast path is not built (then the reference)."""
-    if os.environ.get("LGWAN_GATEWAY_PURE_PYTHON") == "1":
-        return _checksum_py
-    try:
-        from gateway._fastpath import inet_checksum
-    except ImportError:
-        return _checksum_py
-    return inet_checksum
-
-
-_checksum = _select_checksum()
+# the compiled checksum is ~20x faster on a 64 KiB GSO packet
+_checksum: Callable[[bytes], int] = compiled_twin("inet_checksum", _checksum_py)
 
 
 def _pseudo(family: int, src: bytes, dst: bytes, length: int) -> bytes:

@@ -224,13 +224,14 @@ def remove_input(state: State) -> str:
     return "\n".join(out) + "\n" if out else ""
 
 
-def _default_runner(argv: Sequence[str], stdin: str | None) -> str:
+def run_tool(argv: Sequence[str], stdin: str | None, error: type[IptablesError] = IptablesError) -> str:
+    """Run a firewall tool (iptables-*, nft) with `stdin`; its stdout, or `error` with its stderr."""
     try:
         proc = subprocess.run(list(argv), input=stdin, capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise IptablesError(f"{argv[0]}: {exc}") from exc
+        raise error(f"{argv[0]}: {exc}") from exc
     if proc.returncode != 0:
-        raise IptablesError(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.strip()}")
+        raise error(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.strip()}")
     return proc.stdout
 
 
@@ -243,8 +244,10 @@ def tool(family: int, name: str) -> str:
 class Iptables:
     """Installs, checks and removes the gateway's rules. `runner` is replaceable for tests."""
 
+    name = "iptables"
+
     def __init__(self, runner: Runner | None = None, families: Sequence[int] = FAMILIES) -> None:
-        self._run = runner or _default_runner
+        self._run = runner or run_tool
         self.families = tuple(families)
         self._expected: dict[int, State] = {}
 

@@ -28,11 +28,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gateway.io.iptables import GEN_COMMENT, MARK_MASK, OFFLOAD_BIT, IptablesError, RulesConfig, offload_mark
+from gateway.io.iptables import GEN_COMMENT, MARK_MASK, IptablesError, RulesConfig, offload_mark, run_tool
 
 TABLE = "lgwan_gateway"
 FAMILY = "inet"
@@ -52,7 +51,7 @@ def _queue_statement(cfg: RulesConfig) -> str:
     return f"queue num {num}" + (" bypass" if cfg.fail_open else "")
 
 
-def ruleset(cfg: RulesConfig) -> str:
+def ruleset(cfg: RulesConfig, table: str = TABLE) -> str:
     """The `nft -f` input that replaces the gateway's table atomically (add + delete + define in
     one transaction: the kernel never sees the table missing or half-built)."""
     mark = offload_mark(cfg.generation)
@@ -77,13 +76,12 @@ def ruleset(cfg: RulesConfig) -> str:
             f"meta l4proto tcp tcp flags & syn == 0 {save}",
             f"meta l4proto != tcp {save}",
         ]
-    out = [f"add table {FAMILY} {TABLE}", f"delete table {FAMILY} {TABLE}", f"table {FAMILY} {TABLE} {{"]
+    out = [f"add table {FAMILY} {table}", f"delete table {FAMILY} {table}", f"table {FAMILY} {table} {{"]
     for name, lines in chains.items():
         out.append(f"\tchain {name} {{")
         out += [f"\t\t{line}" for line in lines]
         out.append("\t}")
     out.append("}")
-    assert OFFLOAD_BIT & MARK_MASK  # the layout gateway.io.iptables documents
     return "\n".join(out) + "\n"
 
 
@@ -92,13 +90,7 @@ def remove_input() -> str:
 
 
 def _default_runner(argv: Sequence[str], stdin: str | None) -> str:
-    try:
-        r = subprocess.run(list(argv), input=stdin, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise NftablesError(f"{argv[0]}: {exc}") from exc
-    if r.returncode != 0:
-        raise NftablesError(f"{' '.join(argv)}: {r.stderr.strip() or f'exit status {r.returncode}'}")
-    return r.stdout
+    return run_tool(argv, stdin, NftablesError)
 
 
 def _rules_of(listing: dict[str, Any]) -> dict[str, list[Any]]:
@@ -146,9 +138,6 @@ class Nftables:
                     return None
         return None
 
-    def plan(self, cfg: RulesConfig) -> str:
-        return ruleset(cfg)
-
     def install(self, cfg: RulesConfig) -> None:
         self._run(["nft", "-f", "-"], ruleset(cfg))
         self._expected = self._listing()
@@ -180,14 +169,12 @@ class Nftables:
 
 def probe(runner: Runner | None = None) -> tuple[bool, str]:
     """Can this host run the nftables backend? `nft --check` of the whole ruleset (queue range,
-    bypass, ct mark arithmetic) in a scratch table: the kernel validates it without applying it,
-    so a missing `queue` expression shows here, not at the first packet. Needs CAP_NET_ADMIN."""
+    ct mark arithmetic, both chains) in a scratch table: the kernel validates it without applying
+    it, so a missing `queue` expression shows here, not at the first packet. Needs CAP_NET_ADMIN."""
     if runner is None and not shutil.which("nft"):
         return False, "the nft program is not installed"
     run = runner or _default_runner
-    text = ruleset(RulesConfig(queue_num=0, workers=2, fail_open=False, offload=True)).replace(
-        f" {TABLE}", f" {TABLE}_probe"
-    )
+    text = ruleset(RulesConfig(queue_num=0, workers=2, offload=True), table=f"{TABLE}_probe")
     try:
         run(["nft", "--check", "-f", "-"], text)
     except NftablesError as exc:

@@ -12,12 +12,11 @@ import binascii
 import re
 from typing import Protocol
 
-from gateway.bytescan import b64_decode_plain
+from gateway.bytescan import B64_ALPHABET, B64_WS, b64_decode_plain
 
-_B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-_B64_KEEP = _B64_ALPHABET + b"="
+_B64_KEEP = B64_ALPHABET + b"="
 _B64_DELETE = bytes(b for b in range(256) if b not in _B64_KEEP)
-_B64_WS = b" \t\r\n"
+_B64_WS = B64_WS
 _B64_JUNK = bytes(b for b in _B64_DELETE if b not in _B64_WS)
 # byte class: 0 alphabet or "=", 1 whitespace, 2 junk (one table lookup per byte, then memchr;
 # a translate that deletes 190 byte values costs several times more)
