@@ -91,6 +91,7 @@ class Settings:
     config: str
     queue: int = 0
     workers: int = 1
+    balance: str = "flow"  # flow | addresses (gateway.io.iptables.RulesConfig)
     events: str | None = None
     metrics_port: int = DEFAULT_PORT  # 0: no metrics endpoint
     metrics_address: str = DEFAULT_ADDRESS
@@ -107,6 +108,7 @@ class Settings:
         return ipt.RulesConfig(
             queue_num=self.queue,
             workers=self.workers,
+            balance=self.balance,
             fail_open=self.fail_open,
             offload=self.offload,
             drop_invalid=self.drop_invalid,
@@ -124,7 +126,7 @@ class SettingsError(ValueError):
 # are set up once at start. A reload never applies part of a change: the policy and the settings
 # below switch together, or (an error anywhere) nothing does.
 RELOADABLE = ("events", "check_interval")
-RESTART_ONLY = ("queue", "workers", "offload", "fail_open", "metrics_port", "metrics_address", "max_batch",
+RESTART_ONLY = ("queue", "workers", "balance", "offload", "fail_open", "metrics_port", "metrics_address", "max_batch",
                 "queue_maxlen", "firewall")  # fmt: skip
 
 
@@ -148,6 +150,7 @@ def settings_for(args: argparse.Namespace, loaded: Loaded) -> Settings:
         config=args.config,
         queue=int(pick("queue", d.queue)),
         workers=int(pick("workers", d.workers)),
+        balance=str(pick("balance", d.balance)),
         events=pick("events", d.events),
         metrics_port=int(pick("metrics_port", d.metrics_port)),
         metrics_address=address,

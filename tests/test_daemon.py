@@ -453,19 +453,25 @@ def test_rules_checker_reinstalls(lab: Lab) -> None:
     assert not lab.connect(OTHER, timeout=1.0)  # the ACCEPT someone put first is below our jump again
 
 
-def test_workers_keep_both_directions_together(tmp_path: Path) -> None:
+@pytest.mark.parametrize("balance", ["flow", "addresses"])
+def test_workers_keep_both_directions_together(tmp_path: Path, balance: str) -> None:
     lab = Lab(tmp_path)
     try:
         lab.up(client_addrs=16)
         lab.write_policy()
         # no offload: every packet of both directions goes through a queue, so a reply that reached
         # the other worker would be a no_flow drop and the connection would fail
-        lab.start("--no-offload", workers=2)
-        results = [lab.connect(ALLOWED, src=f"198.18.1.{10 + i}", payload=b"x" * 3000) for i in range(16)]
+        lab.start("--no-offload", "--balance", balance, workers=2)
+        rules = sh("ip", "netns", "exec", lab.g, "iptables", "-S", "LGWAN-FWD").stdout
+        assert ("-j HMARK" in rules) == (balance == "flow"), rules
+        # flow: 16 connections of ONE address pair (as the parallel sessions of one mail relay),
+        # the hash of the ports spreads them over both workers; addresses: 16 address pairs
+        sources = ["198.18.1.10"] * 16 if balance == "flow" else [f"198.18.1.{10 + i}" for i in range(16)]
+        results = [lab.connect(ALLOWED, src=src, payload=b"x" * 3000) for src in sources]
         assert all(results)
         m = lab.metrics()
         per_worker = [m[f'lgwan_worker_packets_total{{queue="{i}",worker="{i}"}}'] for i in range(2)]
-        assert all(n > 0 for n in per_worker), per_worker  # 16 address pairs spread over both queues
+        assert all(n > 0 for n in per_worker), per_worker  # spread over both queues
         assert m.get('lgwan_packets_total{reason="no_flow",verdict="drop"}', 0) == 0
         assert m["lgwan_workers"] == 2
     finally:
@@ -484,7 +490,11 @@ def test_workers_from_the_config_file(tmp_path: Path) -> None:
         queues = sh("ip", "netns", "exec", lab.g, "cat", "/proc/net/netfilter/nfnetlink_queue").stdout
         bound = {int(f[0]): int(f[1]) for f in (line.split() for line in queues.splitlines()) if f}
         assert sorted(bound) == [3, 4] and all(bound.values()), queues  # both have a listener (port id)
-        assert "--queue-balance 3:4" in sh("ip", "netns", "exec", lab.g, "iptables", "-S", "LGWAN-FWD").stdout
+        rules = sh("ip", "netns", "exec", lab.g, "iptables", "-S", "LGWAN-FWD").stdout
+        # flow balancing (the default): HMARK, one queue rule per worker, --queue-balance as the
+        # last resort (it also carries the generation)
+        assert "-j HMARK" in rules and "--mark 0x2 -j NFQUEUE --queue-num 4" in rules, rules
+        assert "--queue-balance 3:4" in rules
         assert all(lab.connect(ALLOWED, src=f"198.18.1.{10 + i}") for i in range(4))
         m = lab.metrics(port=9700)  # the file's metrics_port
         assert m["lgwan_workers"] == 2

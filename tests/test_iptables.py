@@ -146,3 +146,39 @@ def test_install_idempotent_check_and_remove(netns: str) -> None:
         assert not st["filter"].chain_exists and st["filter"].jump_count("LGWAN-FWD") == 0
         assert not st["mangle"].chain_exists
     tables.remove()  # nothing left: a no-op
+
+
+def test_flow_balance_rules() -> None:
+    rules = ipt.chain_rules(ipt.RulesConfig(queue_num=4, workers=3, fail_open=True))["filter"]
+    hmark = [i for i, r in enumerate(rules) if "-j HMARK" in r]
+    assert len(hmark) == 1
+    h = hmark[0]
+    # the mark is hash % workers + 1: every value has its queue, in order, right after HMARK
+    assert "--hmark-tuple src,dst,sport,dport,proto --hmark-mod 3 --hmark-offset 1" in rules[h]
+    assert rules[h + 1 : h + 4] == [
+        f"-m mark --mark 0x{i + 1:x} -j NFQUEUE --queue-num {4 + i} --queue-bypass" for i in range(3)
+    ]
+    # the generation's rule comes last (a packet HMARK could not hash still reaches a queue)
+    assert rules[-1].endswith("-j NFQUEUE --queue-balance 4:6 --queue-bypass") and "generation 1" in rules[-1]
+    # one worker, or balance by addresses: no HMARK
+    for cfg in (ipt.RulesConfig(workers=1), ipt.RulesConfig(workers=2, balance="addresses")):
+        assert not any("HMARK" in r for r in ipt.chain_rules(cfg)["filter"])
+    with pytest.raises(ValueError, match="balance"):
+        ipt.RulesConfig(balance="cpu")
+
+
+@pytest.mark.root
+def test_flow_balance_installs_in_both_families(netns: str) -> None:
+    tables = ipt.Iptables(_ns_runner(netns))
+    tables.install(ipt.RulesConfig(queue_num=2, workers=2, generation=7))
+    assert tables.intact() and tables.installed_generation() == 7
+    for fam in ipt.FAMILIES:
+        rules = tables.read_state(fam)["filter"].chain_rules
+        assert sum("-j HMARK" in r for r in rules) == 1, rules  # the kernel took the target (xt_HMARK)
+        assert [r for r in rules if "--queue-num" in r] == [
+            "-m mark --mark 0x1 -j NFQUEUE --queue-num 2",
+            "-m mark --mark 0x2 -j NFQUEUE --queue-num 3",
+        ]
+    tables.install(ipt.RulesConfig(queue_num=2, workers=2, generation=8))  # idempotent, new generation
+    assert tables.intact() and tables.installed_generation() == 8
+    tables.remove()

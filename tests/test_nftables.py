@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_ruleset_layout() -> None:
-    text = nft.ruleset(ipt.RulesConfig(queue_num=3, workers=2, generation=5))
+    text = nft.ruleset(ipt.RulesConfig(queue_num=3, workers=2, generation=5, balance="addresses"))
     assert text.startswith("add table inet lgwan_gateway\ndelete table inet lgwan_gateway\n")  # atomic replace
     assert 'counter queue num 3-4 comment "lgwan-gateway mark generation 5"' in text
     assert "bypass" not in text  # fail closed unless fail_mode = "open"
@@ -39,6 +39,8 @@ def test_ruleset_layout() -> None:
 
 
 def test_ruleset_variants() -> None:
+    flow = nft.ruleset(ipt.RulesConfig(queue_num=3, workers=2, fail_open=True))
+    assert 'counter queue flags bypass to symhash mod 2 offset 3 comment "' in flow
     assert "queue num 0 bypass" in nft.ruleset(ipt.RulesConfig(fail_open=True))
     stopped = nft.ruleset(ipt.RulesConfig(accept_offloaded=False))
     assert "accept" not in stopped.replace("policy accept", "")  # stopped: every packet to the (empty) queue
@@ -91,7 +93,8 @@ def _kernel_queues(ns: str) -> bool:
 
 def _ns_runner(ns: str, *, swap_queue: bool) -> nft.Runner:
     def no_queue(text: str) -> str:  # the statement this kernel refuses
-        return re.sub(r"queue num [0-9-]+( bypass)?", "drop", text)
+        queue = r"queue (num [0-9-]+( bypass)?|(flags bypass )?to symhash mod [0-9]+ offset [0-9]+)"
+        return re.sub(queue, "drop", text)
 
     return ns_runner(ns, nft.NftablesError, no_queue if swap_queue else None)
 

@@ -7,6 +7,8 @@ per family, so the kernel never sees a half-installed ruleset):
         LGWAN-FWD:  ctstate INVALID            -> DROP      (optional, see docs/operations.md)
                     ctstate ESTABLISHED and connmark == current generation|offload -> ACCEPT
                     everything else            -> NFQUEUE (no --queue-bypass unless fail_mode = "open")
+                    (workers > 1, balance = "flow": HMARK puts a symmetric hash of the 5-tuple
+                    into the packet mark, one NFQUEUE rule per mark value picks the worker)
     mangle POSTROUTING  -> LGWAN-MANGLE (always rule 1)
         LGWAN-MANGLE: packet mark has the offload bit and ctstate ESTABLISHED (TCP: no SYN flag)
                       -> CONNMARK --save-mark of the gateway's mark bits only
@@ -67,7 +69,11 @@ def next_generation(current: int | None) -> int:
 @dataclass(frozen=True)
 class RulesConfig:
     queue_num: int = 0
-    workers: int = 1  # > 1: --queue-balance queue_num:queue_num+workers-1
+    workers: int = 1  # > 1: queues queue_num .. queue_num+workers-1, spread by `balance`
+    # flow: a symmetric hash of addresses, ports and protocol (HMARK), so the parallel sessions of
+    # one relay->server pair spread over the workers; addresses: the kernel's --queue-balance
+    # (address pair and protocol only: one busy pair is one worker)
+    balance: str = "flow"
     fail_open: bool = False  # --queue-bypass: traffic passes UNFILTERED while no daemon listens
     offload: bool = True
     drop_invalid: bool = True
@@ -83,6 +89,13 @@ class RulesConfig:
             raise ValueError(f"mark generation {self.generation} out of range 1..{GEN_MAX}")
         if not 0 <= self.queue_num <= 65535 or self.workers < 1 or self.queue_num + self.workers - 1 > 65535:
             raise ValueError(f"bad queue range {self.queue_num} + {self.workers} workers")
+        if self.balance not in BALANCE:
+            raise ValueError(f"balance {self.balance!r}: one of {', '.join(BALANCE)}")
+
+
+BALANCE = ("flow", "addresses")
+# HMARK's hash seed: fixed, so a restart or reload keeps every flow on the same queue number
+HMARK_SEED = 0x4C475741
 
 
 def queue_target(cfg: RulesConfig) -> str:
@@ -95,6 +108,26 @@ def queue_target(cfg: RulesConfig) -> str:
     if cfg.fail_open:
         target += " --queue-bypass"
     return target
+
+
+def flow_balance_rules(cfg: RulesConfig) -> list[str]:
+    """workers > 1, balance = "flow": HMARK writes hash % workers + 1 into the packet mark (the
+    hash orders addresses and ports, so both directions of a flow get the same value; ICMP errors
+    hash their embedded header, so they follow their flow), then one NFQUEUE rule per value.
+    HMARK replaces the whole packet mark of the packets it queues (other tools' low bits on them
+    are lost; the verdict then sets the gateway's own bits only). Conntrack has reassembled IP
+    fragments before FORWARD, so ports are always there."""
+    if cfg.workers <= 1 or cfg.balance != "flow":
+        return []
+    bypass = " --queue-bypass" if cfg.fail_open else ""
+    rules = [
+        "-j HMARK --hmark-tuple src,dst,sport,dport,proto "
+        f"--hmark-mod {cfg.workers} --hmark-offset 1 --hmark-rnd 0x{HMARK_SEED:x}"
+    ]
+    rules += [
+        f"-m mark --mark 0x{i + 1:x} -j NFQUEUE --queue-num {cfg.queue_num + i}{bypass}" for i in range(cfg.workers)
+    ]
+    return rules
 
 
 def chain_rules(cfg: RulesConfig) -> dict[str, list[str]]:
@@ -118,6 +151,9 @@ def chain_rules(cfg: RulesConfig) -> dict[str, list[str]]:
             # ESTABLISHED, not RELATED: a related connection (helpers) inherits the master's
             # connmark and must be decided by the engine itself
             fwd.append(f"-m conntrack --ctstate ESTABLISHED -m connmark --mark 0x{mark:x}/0x{MARK_MASK:x} -j ACCEPT")
+    fwd.extend(flow_balance_rules(cfg))
+    # the last rule (with flow balancing reached only by a packet HMARK could not hash, e.g. a
+    # truncated header) keeps the generation's comment
     fwd.append(f'-m comment --comment "{GEN_COMMENT}{cfg.generation}" {queue_target(cfg)}')
     return {"mangle": mangle, "filter": fwd}
 

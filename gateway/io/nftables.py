@@ -45,6 +45,11 @@ class NftablesError(IptablesError):
 
 
 def _queue_statement(cfg: RulesConfig) -> str:
+    flags = "flags bypass " if cfg.fail_open else ""
+    if cfg.workers > 1 and cfg.balance == "flow":
+        # symhash: a hash of addresses, ports and protocol that is the same in both directions, so
+        # a flow stays on one worker and the sessions of one address pair spread (iptables: HMARK)
+        return f"queue {flags}to symhash mod {cfg.workers} offset {cfg.queue_num}"
     num = f"{cfg.queue_num}-{cfg.queue_num + cfg.workers - 1}" if cfg.workers > 1 else str(cfg.queue_num)
     # a queue range is balanced by a hash of the address pair, like --queue-balance: both directions
     # of a flow reach the same worker ("fanout" would spread by CPU instead)
