@@ -36,6 +36,11 @@ FUZZ = settings(max_examples=600, deadline=None, database=None)
 @example(b"\r\r\n")
 @example(b"\r\n\n")
 @example(b"x\r\ny\r")
+@example(b"\ra\r\n")  # the ends, which the compiled loop leaves to checks of their own
+@example(b"a\r\nb\n")
+@example(b"a\r\nb\r\n")
+@example(b"\r\n" * 3000 + b"\r")  # past the compiled loop's 4096-byte block
+@example(b"\r\n" * 3000 + b"x\ny")
 def test_bare_eol_matches_reference(data: bytes) -> None:
     assert compiled.bare_eol(data) == bytescan.bare_eol_py(data)
 
@@ -45,6 +50,17 @@ def test_bare_eol_matches_reference(data: bytes) -> None:
 def test_eol_layout_equal_matches_reference(old: bytes, draw: st.DataObject) -> None:
     new = draw.draw(st.one_of(st.just(old), EOLISH.filter(lambda b: len(b) == len(old)), EOLISH))
     assert compiled.eol_layout_equal(old, new) == bytescan.eol_layout_equal_py(old, new)
+
+
+def test_eol_scans_on_long_inputs() -> None:
+    # past the compiled loops' 4096-byte blocks, a difference in every place class
+    base = base64.encodebytes(bytes(range(256)) * 60).replace(b"\n", b"\r\n")
+    assert len(base) > 3 * 4096
+    for pos in (0, 4095, 4096, 4097, 9000, len(base) - 1):
+        for byte in (b"\r", b"\n", b"A"):
+            new = base[:pos] + byte + base[pos + 1 :]
+            assert compiled.eol_layout_equal(base, new) == bytescan.eol_layout_equal_py(base, new)
+            assert compiled.bare_eol(new) == bytescan.bare_eol_py(new)
 
 
 @FUZZ

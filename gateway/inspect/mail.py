@@ -173,12 +173,21 @@ class FlowContext:
 PENDING, PASS, NEUTRALIZE, LATE, REFUSE = "pending", "pass", "neutralize", "late", "refuse"
 
 
+def _cut(buf: bytearray, start: int, end: int) -> bytes:
+    """bytes(buf[start:end]) with one copy instead of two (a bytearray slice is a copy too); the
+    view is released at once, so the bytearray can grow again."""
+    with memoryview(buf) as view:
+        return bytes(view[start:end])
+
+
 @dataclass(eq=False)
 class _Part:
     start: PartStart
     state: str = PENDING
     cls: ClassificationLike | None = None
-    decoded: bytearray | None = field(default_factory=bytearray)  # kept to classify/quarantine
+    # the decoded part as its chunks (joined once, when classified whole or quarantined)
+    decoded: list[bytes] | None = field(default_factory=list)
+    decoded_len: int = 0
     over: bool = False  # decoded exceeded max_part_bytes: not kept whole
     size: int = 0
     sha: Any = field(default_factory=hashlib.sha256)
@@ -549,11 +558,12 @@ class _Conn:
             p.size += len(ev.decoded)
             p.sha.update(ev.decoded)
             if p.decoded is not None:
-                if len(p.decoded) + len(ev.decoded) > int(_opt(self.profile, "max_part_bytes", 64 << 20)):
+                if p.decoded_len + len(ev.decoded) > int(_opt(self.profile, "max_part_bytes", 64 << 20)):
                     p.decoded = None
                     p.over = True
                 else:
-                    p.decoded += ev.decoded
+                    p.decoded.append(ev.decoded)
+                    p.decoded_len += len(ev.decoded)
             if m.heads.add(ev) is not None and p.state == PENDING:
                 self._decide_head(m, p)
             if p.state == NEUTRALIZE:
@@ -622,7 +632,7 @@ class _Conn:
             return
         try:
             cls = self.classifier.classify_full(
-                bytes(p.decoded), p.start.names, self._declared(p), body=self._is_body(p)
+                b"".join(p.decoded), p.start.names, self._declared(p), body=self._is_body(p)
             )
         except Exception as exc:
             self._refuse_message(m, f"classifier error: {exc!r}")
@@ -644,7 +654,7 @@ class _Conn:
         p.reason = cls.reason
         if action == "neutralize" and not late:
             msg_level = p.start.path == "" or m.kinds.get(p.start.path.rpartition(".")[0]) == "message"
-            block = bytes(m.content[p.start.header_start : p.start.header_end])
+            block = _cut(m.content, p.start.header_start, p.start.header_end)
             p.qid = self.insp.new_qid(self.ts_us)
             new = neutralize_headers(block, msg_level, p.qid)
             if new is None:
@@ -678,7 +688,8 @@ class _Conn:
         if p.filler is None or upto <= p.done_to:
             return
         a = p.done_to
-        self._rewrite(m, a, p.filler.fill(bytes(m.content[a:upto])))
+        old = _cut(m.content, a, upto)
+        self._rewrite(m, a, p.filler.fill(old), old)
         p.done_to = upto
 
     def _setup_sanitizer(self, m: _Message, p: _Part) -> None:
@@ -693,7 +704,7 @@ class _Conn:
                 self._refuse_message(m, "HTML text that cannot be converted to text in place")
             return
         if html:
-            new = html_to_text_headers(bytes(m.content[p.start.header_start : p.start.header_end]))
+            new = html_to_text_headers(_cut(m.content, p.start.header_start, p.start.header_end))
             if new is not None and self._rewrite(m, p.start.header_start, new):
                 m.actions.add("CHG_TEXT")
         p.san = san
@@ -706,7 +717,7 @@ class _Conn:
         new = b""
         try:
             if upto > p.san_in:
-                new = san.feed(bytes(m.content[p.san_in : upto]))
+                new = san.feed(_cut(m.content, p.san_in, upto))
                 p.san_in = upto
             if final:
                 new += san.final()
@@ -721,8 +732,10 @@ class _Conn:
         if san.defanged:
             m.actions.add("REP_LINK")
 
-    def _rewrite(self, m: _Message, content_offset: int, new: bytes) -> bool:
-        old = bytes(m.content[content_offset : content_offset + len(new)])
+    def _rewrite(self, m: _Message, content_offset: int, new: bytes, old: bytes | None = None) -> bool:
+        """`old`: the content's bytes at content_offset if the caller has them already."""
+        if old is None:
+            old = _cut(m.content, content_offset, content_offset + len(new))
         if old == new:
             return True
         try:
@@ -763,7 +776,7 @@ class _Conn:
         key = self.insp.new_key(self, m, p, p.qid)
         m.pending_q += 1
         meta = self._meta(m, "part", p.reason or "", "neutralized", p)
-        self.out.append(Quarantine(key, bytes(p.decoded), meta, p.qid))
+        self.out.append(Quarantine(key, b"".join(p.decoded), meta, p.qid))
         p.decoded = None
 
     def quarantined(self, m: _Message, p: _Part | None, qid: str | None, error: str | None) -> None:

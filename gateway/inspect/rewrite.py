@@ -12,6 +12,8 @@ import base64
 import re
 from collections.abc import Sequence
 
+from gateway.bytescan import bare_eol
+
 _EOL = re.compile(rb"\r\n|\r|\n")
 _EOL_RUNS = re.compile(rb"([\r\n]+)")
 _WSP = b" \t"
@@ -259,18 +261,23 @@ class BodyFiller:
         self.k += n
         return bytes(out)
 
-    def _fill_uniform(self, raw: bytes, lines: list[bytes]) -> bytes | None:
+    def _fill_uniform(self, raw: bytes) -> bytes | None:
         """fill() of CRLF-only `raw` whose inner lines (all but the first and last piece) have
         one length L and lie past the notice, where the stream repeats the pad: when L is a
         multiple of the pad's length, every inner line gets the same bytes, so the inner part
-        is one line repeated. None when that does not hold (the caller cuts line by line)."""
-        count = len(lines) - 2
-        if count < 2:
+        is one line repeated. None when that does not hold (the caller cuts line by line).
+        Found with three searches and two strided slices: no list of lines is built."""
+        first = raw.find(b"\r\n")
+        second = raw.find(b"\r\n", first + 2) if first >= 0 else -1
+        if second < 0:
             return None
-        first, size = len(lines[0]), len(lines[1])
-        inner = raw[first + 2 : len(raw) - len(lines[-1])]  # the inner lines, each with its CRLF
+        size = second - first - 2
+        last_break = raw.rfind(b"\r\n")
+        inner = raw[first + 2 : last_break + 2]  # the inner lines, each with its CRLF
+        count = len(inner) // (size + 2)
         if (
-            self.k + first < len(self._head)
+            count < 2
+            or self.k + first < len(self._head)
             or size % len(self._pad)
             or len(inner) != count * (size + 2)
             or inner[size :: size + 2] != b"\r" * count  # a CRLF after every `size` bytes, so
@@ -280,7 +287,7 @@ class BodyFiller:
         head = self._stream(first)
         line = self._stream(size)
         self.k += size * (count - 1)
-        return head + b"\r\n" + (line + b"\r\n") * count + self._stream(len(lines[-1]))
+        return head + b"\r\n" + (line + b"\r\n") * count + self._stream(len(raw) - last_break - 2)
 
     def fill(self, raw: bytes) -> bytes:
         """Replacement for the next `raw` bytes of the body (same length, CR/LF kept).
@@ -288,13 +295,12 @@ class BodyFiller:
         One stream slice for all the non-line-break bytes, then cut along the line breaks: no
         work per byte, a slice per line, or none (_fill_uniform) for the lines of equal length
         an encoder writes."""
-        lines = raw.split(b"\r\n")
-        text = b"".join(lines)
-        if b"\r" not in text and b"\n" not in text:  # CRLF only (the usual case)
-            fast = self._fill_uniform(raw, lines)
+        if not bare_eol(raw):  # CRLF only (the usual case)
+            fast = self._fill_uniform(raw)
             if fast is not None:
                 return fast
-            stream = self._stream(len(text))
+            lines = raw.split(b"\r\n")
+            stream = self._stream(len(raw) - 2 * (len(lines) - 1))
             pos = 0
             for i, line in enumerate(lines):
                 n = len(line)
