@@ -9,7 +9,9 @@
 - DataScanner's smuggling look-alike search runs the regex only around dots: the same findings
   as one regex search loop over the whole DATA content, however it is chunked;
 - Base64Decoder classifies bytes with one table translate (no deleting translate unless there
-  is junk): the same output, carry and defects as before, however it is chunked."""
+  is junk): the same output, carry and defects as before, however it is chunked;
+- the inspector keeps the message content as its chunks: any range read from them is the
+  slice of the joined content."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from gateway.inspect.mail import _Content
 from gateway.inspect.packet import _checksum_py, build_tcp, parse_tcp, with_payload
 from gateway.inspect.rewrite import BodyFiller
 from gateway.mime.decoders import _B64_DELETE, _B64_JUNK, Base64Decoder
@@ -221,3 +224,15 @@ def test_base64_decoder_matches_the_reference(raw: bytes, cuts: list[int]) -> No
         assert fast.take_defects() == ref.take_defects()
     assert got == want
     assert fast.flush() == ref.flush() and fast.take_defects() == ref.take_defects()
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.lists(st.binary(max_size=9), max_size=8), st.lists(st.tuples(st.integers(-3, 80), st.integers(-3, 80))))
+def test_content_chunks_read_like_one_buffer(chunks: list[bytes], ranges: list[tuple[int, int]]) -> None:
+    content = _Content()
+    for c in chunks:
+        content.append(c)
+    whole = b"".join(chunks)
+    assert content.whole() == whole and len(content) == len(whole)
+    for a, b in ranges:
+        assert content.cut(a, b) == whole[max(a, 0) : max(b, 0)]

@@ -25,6 +25,7 @@ Release policy (hold only what is needed to decide):
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
@@ -173,11 +174,49 @@ class FlowContext:
 PENDING, PASS, NEUTRALIZE, LATE, REFUSE = "pending", "pass", "neutralize", "late", "refuse"
 
 
-def _cut(buf: bytearray, start: int, end: int) -> bytes:
-    """bytes(buf[start:end]) with one copy instead of two (a bytearray slice is a copy too); the
-    view is released at once, so the bytearray can grow again."""
-    with memoryview(buf) as view:
-        return bytes(view[start:end])
+class _Content:
+    """The message content (dot-unstuffed DATA) so far, kept as the chunks it came in.
+
+    Appending copies nothing: a bytearray grown to megabytes was copied again and again by
+    realloc (about eight times the message size in memcpy for a 7 MB message). Reads are of
+    recent ranges, mostly inside one chunk."""
+
+    __slots__ = ("chunks", "ends", "size")
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.ends: list[int] = []  # content offset just past each chunk
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def append(self, data: bytes) -> None:
+        if data:
+            self.chunks.append(data)
+            self.size += len(data)
+            self.ends.append(self.size)
+
+    def cut(self, start: int, end: int) -> bytes:
+        """content[start:end] (clamped like a slice)."""
+        start, end = max(start, 0), min(end, self.size)
+        if start >= end:
+            return b""
+        i = bisect.bisect_right(self.ends, start)  # the chunk holding `start`
+        base = self.ends[i] - len(self.chunks[i])
+        if end <= self.ends[i]:
+            chunk = self.chunks[i]
+            return chunk if start == base and end == self.ends[i] else chunk[start - base : end - base]
+        parts = [self.chunks[i][start - base :]]
+        i += 1
+        while self.ends[i] < end:
+            parts.append(self.chunks[i])
+            i += 1
+        parts.append(self.chunks[i][: end - (self.ends[i] - len(self.chunks[i]))])
+        return b"".join(parts)
+
+    def whole(self) -> bytes:
+        return b"".join(self.chunks)
 
 
 @dataclass(eq=False)
@@ -209,7 +248,7 @@ class _Message:
     omap: OffsetMap
     parser: MimeParser
     heads: HeadCollector
-    content: bytearray = field(default_factory=bytearray)
+    content: _Content = field(default_factory=_Content)
     covered: int = 0  # content offset up to which MIME events were seen
     parts: dict[str, _Part] = field(default_factory=dict)
     kinds: dict[str, str] = field(default_factory=dict)
@@ -521,7 +560,7 @@ class _Conn:
         m = self.msg
         if m is None or m.finished:
             return
-        m.content += e.data
+        m.content.append(e.data)
         for ev in m.parser.feed(e.data):
             self._mime(m, ev)
             if self.refused:
@@ -654,7 +693,7 @@ class _Conn:
         p.reason = cls.reason
         if action == "neutralize" and not late:
             msg_level = p.start.path == "" or m.kinds.get(p.start.path.rpartition(".")[0]) == "message"
-            block = _cut(m.content, p.start.header_start, p.start.header_end)
+            block = m.content.cut(p.start.header_start, p.start.header_end)
             p.qid = self.insp.new_qid(self.ts_us)
             new = neutralize_headers(block, msg_level, p.qid)
             if new is None:
@@ -688,7 +727,7 @@ class _Conn:
         if p.filler is None or upto <= p.done_to:
             return
         a = p.done_to
-        old = _cut(m.content, a, upto)
+        old = m.content.cut(a, upto)
         self._rewrite(m, a, p.filler.fill(old), old)
         p.done_to = upto
 
@@ -704,7 +743,7 @@ class _Conn:
                 self._refuse_message(m, "HTML text that cannot be converted to text in place")
             return
         if html:
-            new = html_to_text_headers(_cut(m.content, p.start.header_start, p.start.header_end))
+            new = html_to_text_headers(m.content.cut(p.start.header_start, p.start.header_end))
             if new is not None and self._rewrite(m, p.start.header_start, new):
                 m.actions.add("CHG_TEXT")
         p.san = san
@@ -717,7 +756,7 @@ class _Conn:
         new = b""
         try:
             if upto > p.san_in:
-                new = san.feed(_cut(m.content, p.san_in, upto))
+                new = san.feed(m.content.cut(p.san_in, upto))
                 p.san_in = upto
             if final:
                 new += san.final()
@@ -735,7 +774,7 @@ class _Conn:
     def _rewrite(self, m: _Message, content_offset: int, new: bytes, old: bytes | None = None) -> bool:
         """`old`: the content's bytes at content_offset if the caller has them already."""
         if old is None:
-            old = _cut(m.content, content_offset, content_offset + len(new))
+            old = m.content.cut(content_offset, content_offset + len(new))
         if old == new:
             return True
         try:
@@ -915,7 +954,7 @@ class _Conn:
             qid = self.insp.new_qid(self.ts_us)
             key = self.insp.new_key(self, m, None, qid)
             m.pending_q += 1
-            self.out.append(Quarantine(key, bytes(m.content), self._meta(m, "message", reason, "refused", None), qid))
+            self.out.append(Quarantine(key, m.content.whole(), self._meta(m, "message", reason, "refused", None), qid))
         else:
             self.out.append(Log(self._refusal_event(reason)))
         self.closed_us = self.ts_us
