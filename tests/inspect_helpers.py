@@ -4,6 +4,7 @@ per packet and rebuilds what each receiver got."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
@@ -69,9 +70,11 @@ class MemoryStore:
     def __init__(self) -> None:
         self.items: dict[str, tuple[bytes, Any]] = {}
 
-    def put(self, original: bytes, meta: Any, qid: str | None = None) -> str:
+    def put(self, original: bytes, meta: Any, qid: str | None = None, sha256: str | None = None) -> str:
         qid = qid or f"20261126T000000Z-{len(self.items):012x}"
         assert qid not in self.items, "quarantine id reused"
+        # a digest the inspector hands over must be that of exactly these bytes (the store trusts it)
+        assert sha256 is None or hashlib.sha256(original).hexdigest() == sha256
         self.items[qid] = (original, meta)
         return qid
 

@@ -62,9 +62,9 @@ while True: time.sleep(3600)
 class SlowStore(MemoryStore):
     """A put that takes as long as a slow disk's fsyncs: the end of DATA arrives before it ends."""
 
-    def put(self, original: bytes, meta: Any, qid: str | None = None) -> str:
+    def put(self, original: bytes, meta: Any, qid: str | None = None, sha256: str | None = None) -> str:
         time.sleep(0.2)
-        return super().put(original, meta, qid)
+        return super().put(original, meta, qid, sha256)
 
 
 def sh(*argv: str) -> None:

@@ -109,7 +109,7 @@ def test_long_reason_is_cut_so_the_id_fits() -> None:
 
 
 class FailingStore(MemoryStore):
-    def put(self, original: bytes, meta: Any, qid: str | None = None) -> str:
+    def put(self, original: bytes, meta: Any, qid: str | None = None, sha256: str | None = None) -> str:
         raise QuarantineIdInUse("disk says no")
 
 
@@ -125,8 +125,8 @@ def test_store_failure_refuses_and_554_names_no_id() -> None:
 
 
 class RenamingStore(MemoryStore):
-    def put(self, original: bytes, meta: Any, qid: str | None = None) -> str:
-        return super().put(original, meta, None)  # ignores the id it was given
+    def put(self, original: bytes, meta: Any, qid: str | None = None, sha256: str | None = None) -> str:
+        return super().put(original, meta, None, sha256)  # ignores the id it was given
 
 
 def test_store_that_ignores_the_id_is_a_failure() -> None:

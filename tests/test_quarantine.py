@@ -14,6 +14,7 @@ import pytest
 from gateway.io.auditlog import GENESIS, AuditLog
 from gateway.io.quarantine import (
     ID_RE,
+    QuarantineError,
     QuarantineFull,
     QuarantineMeta,
     QuarantineNotFound,
@@ -107,6 +108,22 @@ def test_empty_original_and_message_kind(store: QuarantineStore) -> None:
     qid = store.put(b"", meta(kind="message", action="refused", part_path=None, filename=None, filename_raw=None))
     assert store.read_original(qid) == b""
     assert store.get(qid).sha256 == hashlib.sha256(b"").hexdigest()
+
+
+def test_put_with_the_callers_digest(store: QuarantineStore) -> None:
+    data = b"decoded attachment" * 100
+    digest = hashlib.sha256(data).hexdigest()
+    qid = store.put(data, meta(), sha256=digest)  # recorded as given, not computed again
+    assert store.get(qid).sha256 == digest and store.read_original(qid) == data
+    assert store.verify().ok
+    # a wrong digest is not hidden: reading and verify() rehash what is stored
+    wrong = store.put(data, meta(), sha256="0" * 64)
+    with pytest.raises(QuarantineTampered, match="SHA-256"):
+        store.read_original(wrong)
+    v = store.verify()
+    assert not v.ok and any(wrong in p for p in v.problems)
+    with pytest.raises(QuarantineError, match="SHA-256"):
+        store.put(data, meta(), sha256="not-hex")
 
 
 def test_list_filters(store: QuarantineStore, clock: Clock) -> None:

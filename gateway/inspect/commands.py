@@ -46,6 +46,9 @@ class Quarantine:
     original: bytes
     meta: Any  # gateway.io.quarantine.QuarantineMeta
     qid: str
+    # SHA-256 (hex) of `original` when the inspector hashed exactly these bytes already (a removed
+    # part: hashed as it was decoded, for its file event); the store need not hash them again
+    sha256: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

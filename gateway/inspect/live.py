@@ -90,7 +90,7 @@ class QuarantineWriter:
             qid: str | None
             err: str | None
             try:
-                qid, err = self.store.put(c.original, c.meta, qid=c.qid), None
+                qid, err = self.store.put(c.original, c.meta, qid=c.qid, sha256=c.sha256), None
             except Exception as exc:  # QuarantineFull, disk errors: the inspector refuses
                 qid, err = None, str(exc) or type(exc).__name__
             self._done.append((c, qid, err))
@@ -212,7 +212,7 @@ class LiveMailInspector:
                     self.writer.submit(c)  # its outcome comes back through stored()
                     continue
                 try:
-                    qid: str | None = self.store.put(c.original, c.meta, qid=c.qid)
+                    qid: str | None = self.store.put(c.original, c.meta, qid=c.qid, sha256=c.sha256)
                     err = None
                 except Exception as exc:  # QuarantineFull, disk errors: the inspector refuses
                     qid, err = None, str(exc)

@@ -815,7 +815,7 @@ class _Conn:
         key = self.insp.new_key(self, m, p, p.qid)
         m.pending_q += 1
         meta = self._meta(m, "part", p.reason or "", "neutralized", p)
-        self.out.append(Quarantine(key, b"".join(p.decoded), meta, p.qid))
+        self.out.append(Quarantine(key, b"".join(p.decoded), meta, p.qid, p.sha.hexdigest()))
         p.decoded = None
 
     def quarantined(self, m: _Message, p: _Part | None, qid: str | None, error: str | None) -> None:

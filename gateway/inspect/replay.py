@@ -28,7 +28,7 @@ from gateway.replay import OutFrame
 
 
 class Store(Protocol):
-    def put(self, original: bytes, meta: Any, qid: str | None = None) -> str: ...
+    def put(self, original: bytes, meta: Any, qid: str | None = None, sha256: str | None = None) -> str: ...
 
 
 def _addr(packed: bytes) -> int:
@@ -169,7 +169,7 @@ class ReplayMailInspector:
                 self._events.append(c.event)
             elif isinstance(c, Quarantine):
                 try:
-                    qid: str | None = self.store.put(c.original, c.meta, qid=c.qid)
+                    qid: str | None = self.store.put(c.original, c.meta, qid=c.qid, sha256=c.sha256)
                     err = None
                 except Exception as exc:  # QuarantineFull, disk errors: the inspector refuses
                     qid, err = None, str(exc)
