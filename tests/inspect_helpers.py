@@ -13,7 +13,7 @@ from typing import Any
 
 from scapy.layers.inet import IP, TCP
 
-from gateway.inspect import Drop, FlowContext, Forward, Inject, Log, MailInspector, Quarantine
+from gateway.inspect import Drop, FlowContext, Forward, Inject, InspectConfig, Log, MailInspector, Quarantine
 
 CLIENT = ("198.19.40.25", 40005)
 SERVER = ("198.18.22.25", 25)
@@ -167,13 +167,11 @@ def drive(
     classifier: Any = FakeClassifier,
     defer_quarantine: int = 0,
     new_qid: Any = None,
+    config: InspectConfig | None = None,
 ) -> Run:
     rnd = random.Random(seed)
-    insp = (
-        MailInspector({"mail": profile or FakeProfile()}, classifier)
-        if new_qid is None
-        else MailInspector({"mail": profile or FakeProfile()}, classifier, new_qid=new_qid)
-    )
+    extra = {"new_qid": new_qid} if new_qid is not None else {}
+    insp = MailInspector({"mail": profile or FakeProfile()}, classifier, config, **extra)
     run = Run(insp, store if store is not None else MemoryStore(), defer_quarantine=defer_quarantine)
     isn = {"c": rnd.randrange(1 << 32), "s": rnd.randrange(1 << 32)}
     pos = {"c": 0, "s": 0}
@@ -216,6 +214,9 @@ def drive(
             break
     run.tick(all_due=True)
     run.execute(insp.finish())
+    # everything the inspector held was given back to its memory budget (no leak, whatever the
+    # session did: finished, refused, aborted at the end of the capture)
+    assert insp.account.used == 0, f"{insp.account.used} bytes still charged after the session"
     return run
 
 

@@ -352,3 +352,29 @@ def test_quarantine_answered_late_changes_nothing(case: str, defer: int, retrans
             assert ("forward", end) not in late.order and late.injected
         else:  # the end of DATA went on only after the last original was stored
             assert late.order.index(("forward", end)) > stored
+
+
+def test_memory_budget_refuses_and_gives_everything_back() -> None:
+    """Message contents and whole parts are charged to the inspector's one memory budget (with
+    the reassembly buffers): a message that finds it spent is refused (554, nothing released
+    past the budget), a flow whose segments find it spent is reset; drive() checks that every
+    byte goes back to the budget. Budgets around twice the MSS times k catch either the
+    reassembler's reserve or the message content's first."""
+    from gateway.inspect import InspectConfig
+
+    body = ("x" * 76 + "\r\n") * 1300  # ~100 KB of text
+    msg = b"From: a@example.com\r\nSubject: big\r\n\r\n" + body.encode()
+    ours = 0
+    for budget in range(30_000, 42_000, 500):
+        run = drive(session(msg), mss=1000, config=InspectConfig(max_memory_bytes=budget))
+        got = received(run, "c")
+        assert b"\r\n.\r\n" not in got[got.index(b"DATA\r\n") :], budget  # the server commits nothing
+        if run.insp.counters.get("memory_limit"):
+            ours += 1
+            reply = bytes(IP(next(i for i in run.injected if i.toward == "client").packet)[TCP].payload)
+            assert reply.startswith(b"554 5.7.1 ") and b"memory limit" in reply, reply
+            smtp = next(e for e in run.events if e["event_type"] == "smtp")
+            assert smtp["email"]["verdict"] == "refused"
+            (kept,) = run.store.items.values()  # what had come is quarantined as the refused message
+            assert msg.startswith(kept[0]) and kept[1].kind == "message"
+    assert ours, "no budget in the range hit the message content's charge first"

@@ -155,6 +155,10 @@ class InspectConfig:
     closed_timeout_us: int = 30_000_000  # keep a closed connection for stray retransmissions
     idle_timeout_us: int = 600_000_000
     mime_limits: MimeLimits = field(default_factory=MimeLimits)
+    # one budget for everything the inspector holds: reassembly buffers, message contents (kept
+    # for a refusal's quarantine and for rewrites), decoded parts kept whole; a flow or message
+    # that finds it spent is reset / refused (554), never passed uninspected
+    max_memory_bytes: int = 256 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,9 +185,11 @@ class _Content:
     realloc (about eight times the message size in memcpy for a 7 MB message). Reads are of
     recent ranges, mostly inside one chunk."""
 
-    __slots__ = ("chunks", "ends", "size")
+    __slots__ = ("account", "charged", "chunks", "ends", "size")
 
-    def __init__(self) -> None:
+    def __init__(self, account: MemoryAccount | None = None) -> None:
+        self.account = account  # charged for what is kept (the inspector's global budget)
+        self.charged = 0
         self.chunks: list[bytes] = []
         self.ends: list[int] = []  # content offset just past each chunk
         self.size = 0
@@ -191,11 +197,26 @@ class _Content:
     def __len__(self) -> int:
         return self.size
 
-    def append(self, data: bytes) -> None:
-        if data:
-            self.chunks.append(data)
-            self.size += len(data)
-            self.ends.append(self.size)
+    def append(self, data: bytes) -> bool:
+        """Keep `data`; False (nothing kept) when the memory budget has no room for it."""
+        if not data:
+            return True
+        if self.account is not None:
+            if not self.account.reserve(len(data)):
+                return False
+            self.charged += len(data)
+        self.chunks.append(data)
+        self.size += len(data)
+        self.ends.append(self.size)
+        return True
+
+    def release(self) -> None:
+        """Forget the chunks (the message is done) and give their bytes back to the budget; the
+        size stays. Idempotent."""
+        if self.account is not None and self.charged:
+            self.account.free(self.charged)
+        self.charged = 0
+        self.chunks, self.ends = [], []
 
     def cut(self, start: int, end: int) -> bytes:
         """content[start:end] (clamped like a slice)."""
@@ -224,9 +245,11 @@ class _Part:
     start: PartStart
     state: str = PENDING
     cls: ClassificationLike | None = None
-    # the decoded part as its chunks (joined once, when classified whole or quarantined)
+    # the decoded part as its chunks (joined once, when classified whole or quarantined),
+    # charged to the inspector's memory budget until dropped
     decoded: list[bytes] | None = field(default_factory=list)
     decoded_len: int = 0
+    account: MemoryAccount | None = None
     over: bool = False  # decoded exceeded max_part_bytes: not kept whole
     size: int = 0
     sha: Any = field(default_factory=hashlib.sha256)
@@ -538,7 +561,10 @@ class _Conn:
                 self.txn.rcpts.append(e.address)
             elif isinstance(e, DataStart):
                 assert self.smtp.offset_map is not None
+                if self.msg is not None:
+                    _release(self.msg)  # done with (finished or refused) before the next DATA
                 self.msg = _Message(
+                    content=_Content(self.insp.account),
                     data_start=e.offset,
                     omap=self.smtp.offset_map,
                     parser=MimeParser(self.insp.config.mime_limits),
@@ -560,7 +586,12 @@ class _Conn:
         m = self.msg
         if m is None or m.finished:
             return
-        m.content.append(e.data)
+        if not m.content.append(e.data):
+            # the inspector's memory budget is spent (many large messages at once): refuse now,
+            # before anything is released uninspected; the sender keeps the message (554)
+            self.insp._count("memory_limit")
+            self._refuse("gateway inspection memory limit reached; try again later")
+            return
         for ev in m.parser.feed(e.data):
             self._mime(m, ev)
             if self.refused:
@@ -597,10 +628,15 @@ class _Conn:
             p.size += len(ev.decoded)
             p.sha.update(ev.decoded)
             if p.decoded is not None:
-                if p.decoded_len + len(ev.decoded) > int(_opt(self.profile, "max_part_bytes", 64 << 20)):
-                    p.decoded = None
+                if p.decoded_len + len(ev.decoded) > int(
+                    _opt(self.profile, "max_part_bytes", 64 << 20)
+                ) or not self.insp.account.reserve(len(ev.decoded)):
+                    # too large to keep whole (or no memory left to): a verdict that needs the
+                    # whole part, or a quarantine of it, refuses the message instead
+                    _drop_decoded(p)
                     p.over = True
                 else:
+                    p.account = self.insp.account
                     p.decoded.append(ev.decoded)
                     p.decoded_len += len(ev.decoded)
             if m.heads.add(ev) is not None and p.state == PENDING:
@@ -683,7 +719,7 @@ class _Conn:
         action = cls.action if cls.verdict == "remove" else "pass"
         if action == "pass":
             p.state = PASS
-            p.decoded = None
+            _drop_decoded(p)
             if not late:
                 self._setup_sanitizer(m, p)
             elif bool(_opt(self.profile, "html_to_text", False)) and "text/html" in (self._declared(p), cls.true_type):
@@ -816,7 +852,7 @@ class _Conn:
         m.pending_q += 1
         meta = self._meta(m, "part", p.reason or "", "neutralized", p)
         self.out.append(Quarantine(key, b"".join(p.decoded), meta, p.qid, p.sha.hexdigest()))
-        p.decoded = None
+        _drop_decoded(p)
 
     def quarantined(self, m: _Message, p: _Part | None, qid: str | None, error: str | None) -> None:
         m.pending_q -= 1
@@ -852,6 +888,7 @@ class _Conn:
         m.finished = True
         verdict = "sanitized" if m.actions else "delivered"
         self._log_message(m, verdict, " ".join(sorted(m.actions, key=_ACTION_ORDER.index)) or None)
+        _release(m)
 
     def _log_message(self, m: _Message, verdict: str, reason: str | None) -> None:
         size = m.data_end.size if m.data_end is not None else len(m.content)
@@ -955,6 +992,7 @@ class _Conn:
             key = self.insp.new_key(self, m, None, qid)
             m.pending_q += 1
             self.out.append(Quarantine(key, m.content.whole(), self._meta(m, "message", reason, "refused", None), qid))
+            _release(m)
         else:
             self.out.append(Log(self._refusal_event(reason)))
         self.closed_us = self.ts_us
@@ -999,6 +1037,25 @@ class _Conn:
         for pid in list(self.pkts):
             self.out.append(Drop(pid, reason))
         self.pkts.clear()
+        if self.msg is not None:
+            _release(self.msg)
+
+
+def _drop_decoded(p: _Part) -> None:
+    """The part's decoded bytes are no longer needed (decided, quarantined, or too large)."""
+    if p.account is not None and p.decoded_len:
+        p.account.free(p.decoded_len)
+    p.account = None
+    p.decoded = None
+    p.decoded_len = 0
+
+
+def _release(m: _Message) -> None:
+    """The message is done (logged, refused or aborted): its content and any part's decoded
+    bytes leave memory and the budget. What a Quarantine command carries is its own copy."""
+    m.content.release()
+    for p in m.parts.values():
+        _drop_decoded(p)
 
 
 _ACTION_ORDER = ["DEL_ATTACH", "CHG_TEXT", "REP_LINK"]
@@ -1040,7 +1097,7 @@ class MailInspector:
         self.classifier_factory = classifier_factory
         self.config = config or InspectConfig()
         self.default_profile = default_profile or (next(iter(self.profiles)) if len(self.profiles) == 1 else None)
-        self.account = MemoryAccount()
+        self.account = MemoryAccount(self.config.max_memory_bytes)
         self._conns: dict[tuple[int, bytes, int, bytes, int], _Conn] = {}
         self._classifiers: dict[str, ClassifierLike] = {}
         self._keys: dict[int, tuple[_Conn, _Message, _Part | None, str, int]] = {}
