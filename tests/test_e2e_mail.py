@@ -10,7 +10,9 @@ one SMTP session per message, under two profiles:
 - `remove`: configs/lab.toml as it is (`attachments = "remove"`: every attachment neutralized,
   the message text kept);
 - `inspect`: the same policy with an allowlist profile (`attachments = "inspect"`) that refuses
-  encrypted parts (`actions = { encrypted = "refuse" }`), written to a temporary file.
+  encrypted parts (`actions = { encrypted = "refuse" }`), written to a temporary file, and with
+  two daemon workers: the sessions of the one relay->server pair spread over both (flow
+  balancing by a hash of the ports too), and everything below holds with them.
 
 Every message is sent twice: over the clean path, and through the impairment shim
 (gateway/lab/impair.py in the relay's namespace: MSS 536, reordering, duplication, loss). For
@@ -327,6 +329,7 @@ class ProfileRun:
     replay_quarantine: Path
     capture_frames: int
     seconds: dict[str, float]
+    worker_packets: list[float]  # packets each daemon worker took from its queue
 
 
 def send(lab: Lab, m: Mail) -> tuple[int, bytes] | None:
@@ -376,8 +379,12 @@ def _config(profile: str, tmp: Path) -> Path:
         return DEFAULT_CONFIG
     text = DEFAULT_CONFIG.read_text()
     start = text.index("[profiles.mail]")
+    # two workers: flows spread by the symmetric 5-tuple hash (HMARK), so the sessions (one per
+    # message, each from a new port) of this one relay->server pair use both
+    text, n = re.subn(r"(?m)^workers = 1 ", "workers = 2 ", text[:start])
+    assert n == 1, "configs/lab.toml: no [daemon] workers line"
     path = tmp / "lab-inspect.toml"
-    path.write_text(text[:start] + INSPECT_PROFILE)
+    path.write_text(text + INSPECT_PROFILE)
     return path
 
 
@@ -399,6 +406,7 @@ def prun(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
                 runs["shim"] = _send_all(lab, "shim", [m for m in CORPUS if m.shim])
             runs["shim"].shim = shim.counters
             time.sleep(0.5)  # closes and late retransmissions reach the capture
+            worker_packets = _worker_packets(lab)
         finally:
             for proc, _ in caps:
                 _end(proc, signal.SIGINT)
@@ -428,7 +436,20 @@ def prun(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         Path(str(out) + ".quarantine"),
         frames,
         seconds,
+        worker_packets,
     )
+
+
+def _worker_packets(lab: Lab) -> list[float]:
+    """lgwan_worker_packets_total of each worker, in worker order (after their next report)."""
+    from gateway.io.metrics import fetch
+    from gateway.lab import netns
+
+    time.sleep(0.7)  # workers report every 0.5 s
+    with netns.entered(lab.namespace("gateway")):  # the endpoint listens on the gateway's loopback
+        text = fetch()
+    found = re.findall(r'^lgwan_worker_packets_total\{queue="\d+",worker="(\d+)"\} (\S+)$', text, re.M)
+    return [float(v) for _, v in sorted(found, key=lambda x: int(x[0]))]
 
 
 # --- checking what arrived -------------------------------------------------------------------------
@@ -643,6 +664,13 @@ def _reply(r: tuple[int, bytes] | None) -> tuple[int, bytes] | None:
 
 def _run_qids(run: Run) -> list[str]:
     return [q for e in run.events if e["event_type"] == "smtp" for q in e["email"]["quarantine_ids"]]
+
+
+def test_sessions_spread_over_the_workers(prun: ProfileRun) -> None:
+    # remove: configs/lab.toml's one worker; inspect: two, and one relay->server pair uses both
+    want = 2 if prun.profile == "inspect" else 1
+    print(f"{prun.profile}: packets per worker {prun.worker_packets}")
+    assert len(prun.worker_packets) == want and all(n > 0 for n in prun.worker_packets), prun.worker_packets
 
 
 def test_impaired_path_delivers_the_same(prun: ProfileRun) -> None:
