@@ -25,7 +25,9 @@ Cases, each in a freshly built lab, rounds interleaved so drift hits every case 
              kernel with no iptables rules (the no-gateway baseline: same hops, same veths and
              bridges, so the difference is the daemon and nothing else)
   gateway    `lab up`: the daemon with the benchmark policy, every packet of the two mail flows
-             through NFQUEUE and the mail inspector (inspected flows are never offloaded)
+             through NFQUEUE and the mail inspector (inspected flows are never offloaded);
+             `--workers` worker processes (default one per CPU), flows spread over them by a
+             hash of addresses and ports, so parallel sessions may or may not share a worker
 
 Workloads: `5mb` (a message with a 5 MiB JPEG attachment, base64: ~7.2 MB on the wire) and
 `50kb` (a message of ~50 KB: a short text and a 36 KiB JPEG). Rates are message bytes (the
