@@ -24,7 +24,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gateway.inspect.mail import _Content
+from gateway.inspect.mail import _Chunks
 from gateway.inspect.packet import _checksum_py, build_tcp, parse_tcp, with_payload
 from gateway.inspect.rewrite import BodyFiller
 from gateway.mime.decoders import _B64_DELETE, _B64_JUNK, Base64Decoder
@@ -229,7 +229,7 @@ def test_base64_decoder_matches_the_reference(raw: bytes, cuts: list[int]) -> No
 @settings(max_examples=300, deadline=None, database=None)
 @given(st.lists(st.binary(max_size=9), max_size=8), st.lists(st.tuples(st.integers(-3, 80), st.integers(-3, 80))))
 def test_content_chunks_read_like_one_buffer(chunks: list[bytes], ranges: list[tuple[int, int]]) -> None:
-    content = _Content()
+    content = _Chunks()
     for c in chunks:
         content.append(c)
     whole = b"".join(chunks)

@@ -178,8 +178,9 @@ class FlowContext:
 PENDING, PASS, NEUTRALIZE, LATE, REFUSE = "pending", "pass", "neutralize", "late", "refuse"
 
 
-class _Content:
-    """The message content (dot-unstuffed DATA) so far, kept as the chunks it came in.
+class _Chunks:
+    """Bytes kept as the chunks they came in, charged to the inspector's memory budget: a
+    message's content (dot-unstuffed DATA) and a part's decoded bytes while it is kept whole.
 
     Appending copies nothing: a bytearray grown to megabytes was copied again and again by
     realloc (about eight times the message size in memcpy for a 7 MB message). Reads are of
@@ -245,11 +246,9 @@ class _Part:
     start: PartStart
     state: str = PENDING
     cls: ClassificationLike | None = None
-    # the decoded part as its chunks (joined once, when classified whole or quarantined),
-    # charged to the inspector's memory budget until dropped
-    decoded: list[bytes] | None = field(default_factory=list)
-    decoded_len: int = 0
-    account: MemoryAccount | None = None
+    # the decoded part (joined once, when classified whole or quarantined); None once it is no
+    # longer needed or could not be kept whole (`over`)
+    decoded: _Chunks | None = None
     over: bool = False  # decoded exceeded max_part_bytes: not kept whole
     size: int = 0
     sha: Any = field(default_factory=hashlib.sha256)
@@ -271,7 +270,7 @@ class _Message:
     omap: OffsetMap
     parser: MimeParser
     heads: HeadCollector
-    content: _Content = field(default_factory=_Content)
+    content: _Chunks = field(default_factory=_Chunks)
     covered: int = 0  # content offset up to which MIME events were seen
     parts: dict[str, _Part] = field(default_factory=dict)
     kinds: dict[str, str] = field(default_factory=dict)
@@ -564,7 +563,7 @@ class _Conn:
                 if self.msg is not None:
                     _release(self.msg)  # done with (finished or refused) before the next DATA
                 self.msg = _Message(
-                    content=_Content(self.insp.account),
+                    content=_Chunks(self.insp.account),
                     data_start=e.offset,
                     omap=self.smtp.offset_map,
                     parser=MimeParser(self.insp.config.mime_limits),
@@ -616,7 +615,7 @@ class _Conn:
             if ev.path == "":
                 m.root = ev
             if ev.kind == "leaf":
-                p = _Part(ev, done_to=ev.body_start, san_out=ev.body_start)
+                p = _Part(ev, decoded=_Chunks(self.insp.account), done_to=ev.body_start, san_out=ev.body_start)
                 if ev.header_start < m.forced:
                     p.state = LATE  # a stall released part of its headers: it cannot be neutralized
                 m.parts[ev.path] = p
@@ -627,18 +626,14 @@ class _Conn:
             p = m.parts[ev.path]
             p.size += len(ev.decoded)
             p.sha.update(ev.decoded)
-            if p.decoded is not None:
-                if p.decoded_len + len(ev.decoded) > int(
-                    _opt(self.profile, "max_part_bytes", 64 << 20)
-                ) or not self.insp.account.reserve(len(ev.decoded)):
-                    # too large to keep whole (or no memory left to): a verdict that needs the
-                    # whole part, or a quarantine of it, refuses the message instead
-                    _drop_decoded(p)
-                    p.over = True
-                else:
-                    p.account = self.insp.account
-                    p.decoded.append(ev.decoded)
-                    p.decoded_len += len(ev.decoded)
+            if p.decoded is not None and (
+                len(p.decoded) + len(ev.decoded) > int(_opt(self.profile, "max_part_bytes", 64 << 20))
+                or not p.decoded.append(ev.decoded)
+            ):
+                # too large to keep whole (or no memory left to): a verdict that needs the whole
+                # part, or a quarantine of it, refuses the message instead
+                _drop_decoded(p)
+                p.over = True
             if m.heads.add(ev) is not None and p.state == PENDING:
                 self._decide_head(m, p)
             if p.state == NEUTRALIZE:
@@ -707,7 +702,7 @@ class _Conn:
             return
         try:
             cls = self.classifier.classify_full(
-                b"".join(p.decoded), p.start.names, self._declared(p), body=self._is_body(p)
+                p.decoded.whole(), p.start.names, self._declared(p), body=self._is_body(p)
             )
         except Exception as exc:
             self._refuse_message(m, f"classifier error: {exc!r}")
@@ -851,7 +846,7 @@ class _Conn:
         key = self.insp.new_key(self, m, p, p.qid)
         m.pending_q += 1
         meta = self._meta(m, "part", p.reason or "", "neutralized", p)
-        self.out.append(Quarantine(key, b"".join(p.decoded), meta, p.qid, p.sha.hexdigest()))
+        self.out.append(Quarantine(key, p.decoded.whole(), meta, p.qid, p.sha.hexdigest()))
         _drop_decoded(p)
 
     def quarantined(self, m: _Message, p: _Part | None, qid: str | None, error: str | None) -> None:
@@ -1043,11 +1038,9 @@ class _Conn:
 
 def _drop_decoded(p: _Part) -> None:
     """The part's decoded bytes are no longer needed (decided, quarantined, or too large)."""
-    if p.account is not None and p.decoded_len:
-        p.account.free(p.decoded_len)
-    p.account = None
+    if p.decoded is not None:
+        p.decoded.release()
     p.decoded = None
-    p.decoded_len = 0
 
 
 def _release(m: _Message) -> None:
