@@ -14,6 +14,7 @@ from typing import Any
 from scapy.layers.inet import IP, TCP
 
 from gateway.inspect import Drop, FlowContext, Forward, Inject, InspectConfig, Log, MailInspector, Quarantine
+from gateway.inspect.commands import store_original
 
 CLIENT = ("198.19.40.25", 40005)
 SERVER = ("198.18.22.25", 25)
@@ -117,11 +118,7 @@ class Run:
 
     def answer(self, c: Quarantine) -> list[Any]:
         self.order.append(("stored", c.key))
-        try:
-            qid, err = self.store.put(c.original, c.meta, qid=c.qid), None
-        except Exception as exc:  # as the adapters do: the inspector refuses
-            qid, err = None, str(exc)
-        return self.insp.quarantined(c.key, qid, err)
+        return self.insp.quarantined(c.key, *store_original(self.store, c))  # as the adapters do
 
     def tick(self, *, all_due: bool = False) -> None:
         """A packet went by: answer the deferred puts whose turn it is (all, when `all_due`)."""

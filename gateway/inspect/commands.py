@@ -8,7 +8,7 @@ are extra work; `Log` carries an event-log dict (gateway.mailevents builders).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,3 +57,20 @@ class Log:
 
 
 Command = Forward | Drop | Inject | Quarantine | Log
+
+
+class Store(Protocol):
+    """What a Quarantine command is carried out with (gateway.io.quarantine.QuarantineStore)."""
+
+    def put(self, original: bytes, meta: Any, qid: str | None = None, sha256: str | None = None) -> str: ...
+
+
+def store_original(store: Store, c: Quarantine) -> tuple[str | None, str | None]:
+    """Carry out `c`: (quarantine id, None), or (None, the error) when the store could not keep
+    the original (QuarantineFull, a disk error): the inspector then refuses the message. The
+    adapters (live, the live writer threads, replay) all answer `MailInspector.quarantined` with
+    this."""
+    try:
+        return store.put(c.original, c.meta, qid=c.qid, sha256=c.sha256), None
+    except Exception as exc:
+        return None, str(exc) or type(exc).__name__

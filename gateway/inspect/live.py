@@ -28,10 +28,10 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from gateway.fastpath.common import TIER_NAMES, CompiledPolicy
-from gateway.inspect.commands import Command, Drop, Forward, Inject, Log, Quarantine
+from gateway.inspect.commands import Command, Drop, Forward, Inject, Log, Quarantine, Store, store_original
 from gateway.inspect.mail import ClassifierFactory, FlowContext, InspectConfig, MailInspector, default_classifier
 from gateway.inspect.packet import PacketError, parse_tcp
-from gateway.inspect.replay import Store, mail_profiles
+from gateway.inspect.replay import mail_profiles
 from gateway.stream.reassembly import OutOfOrderPolicy, ReassemblyLimits
 
 log = logging.getLogger("lgwan-gateway")
@@ -97,12 +97,7 @@ class QuarantineWriter:
 
     def _work(self) -> None:
         while (c := self._todo.get()) is not None:
-            qid: str | None
-            err: str | None
-            try:
-                qid, err = self.store.put(c.original, c.meta, qid=c.qid, sha256=c.sha256), None
-            except Exception as exc:  # QuarantineFull, disk errors: the inspector refuses
-                qid, err = None, str(exc) or type(exc).__name__
+            qid, err = store_original(self.store, c)
             self._done.append((c, qid, err))
             with contextlib.suppress(BlockingIOError):  # a full pipe: the loop is woken already
                 os.write(self._wfd, b"\0")
@@ -224,12 +219,7 @@ class LiveMailInspector:
                 if self.writer is not None:
                     self.writer.submit(c)  # its outcome comes back through stored()
                     continue
-                try:
-                    qid: str | None = self.store.put(c.original, c.meta, qid=c.qid, sha256=c.sha256)
-                    err = None
-                except Exception as exc:  # QuarantineFull, disk errors: the inspector refuses
-                    qid, err = None, str(exc)
-                work = self._stored(c, qid, err) + work
+                work = self._stored(c, *store_original(self.store, c)) + work
 
     def _stored(self, c: Quarantine, qid: str | None, err: str | None) -> list[Command]:
         if err is None:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from gateway.fastpath.common import ACT_INSPECT, PROTO_TCP, TIER_NAMES, CompiledPolicy
-from gateway.inspect.commands import Command, Drop, Forward, Inject, Log, Quarantine
+from gateway.inspect.commands import Command, Drop, Forward, Inject, Log, Quarantine, Store, store_original
 from gateway.inspect.mail import (
     ClassifierFactory,
     FlowContext,
@@ -25,10 +25,6 @@ from gateway.inspect.mail import (
 from gateway.inspect.packet import PacketError, parse_tcp
 from gateway.io.pcap import ip_offset
 from gateway.replay import OutFrame
-
-
-class Store(Protocol):
-    def put(self, original: bytes, meta: Any, qid: str | None = None, sha256: str | None = None) -> str: ...
 
 
 def _addr(packed: bytes) -> int:
@@ -168,12 +164,7 @@ class ReplayMailInspector:
             elif isinstance(c, Log):
                 self._events.append(c.event)
             elif isinstance(c, Quarantine):
-                try:
-                    qid: str | None = self.store.put(c.original, c.meta, qid=c.qid, sha256=c.sha256)
-                    err = None
-                except Exception as exc:  # QuarantineFull, disk errors: the inspector refuses
-                    qid, err = None, str(exc)
-                work = self.insp.quarantined(c.key, qid, err) + work
+                work = self.insp.quarantined(c.key, *store_original(self.store, c)) + work
         return out
 
     def finish(self) -> Sequence[OutFrame]:
