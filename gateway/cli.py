@@ -9,6 +9,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from gateway.io.iptables import BALANCE, FIREWALLS
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lgwan-gateway", description=__doc__)
@@ -48,9 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="TOML policy file")
     p.add_argument("--queue", type=int, help="first NFQUEUE number ([daemon] queue, default 0)")
     p.add_argument("--workers", type=int, help="worker processes, one queue each ([daemon] workers, default 1)")
-    p.add_argument(
-        "--balance", choices=("flow", "addresses"), help="spread flows over workers by ([daemon] balance, default flow)"
-    )
+    p.add_argument("--balance", choices=BALANCE, help="spread flows over workers by ([daemon] balance, default flow)")
     p.add_argument("--events", help="append the JSON-lines event log here, '-' for stdout ([daemon] events)")
     p.add_argument("--metrics-port", type=int, help="Prometheus port, 0 = off ([daemon] metrics_port, default 9687)")
     p.add_argument("--metrics-address", help="metrics address ([daemon] metrics_address, default 127.0.0.1)")
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--firewall",
-        choices=("iptables", "nft", "auto"),
+        choices=FIREWALLS,
         help="rules backend ([daemon] firewall, default iptables; nft where the kernel can queue from nftables)",
     )
     p.set_defaults(func=_run)
@@ -73,11 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML policy file")
     p.add_argument("--queue", type=int, help="first NFQUEUE number ([daemon] queue, default 0)")
     p.add_argument("--workers", type=int, help="worker processes / queues ([daemon] workers, default 1)")
-    p.add_argument("--balance", choices=("flow", "addresses"), help="the rules of `run --balance`")
+    p.add_argument("--balance", choices=BALANCE, help="the rules of `run --balance`")
     p.add_argument("--offload", action=argparse.BooleanOptionalAction, help="the rules of `run --[no-]offload`")
     p.add_argument("--fresh", action="store_true", help="print for a host without lgwan-gateway rules")
     p.add_argument("--remove", action="store_true", help="remove the chains: forwarded traffic is then UNFILTERED")
-    p.add_argument("--firewall", choices=("iptables", "nft", "auto"), help="print for this backend ([daemon] firewall)")
+    p.add_argument("--firewall", choices=FIREWALLS, help="print for this backend ([daemon] firewall)")
     p.set_defaults(func=_rules)
 
     # `quarantine` sub-actions are defined beside their code (stdlib-only import; the store loads lazily)

@@ -182,3 +182,13 @@ def test_flow_balance_installs_in_both_families(netns: str) -> None:
     tables.install(ipt.RulesConfig(queue_num=2, workers=2, generation=8))  # idempotent, new generation
     assert tables.intact() and tables.installed_generation() == 8
     tables.remove()
+
+
+def test_choice_constants_match_the_config_model() -> None:
+    # the CLI offers ipt.BALANCE / ipt.FIREWALLS; the config file accepts the model's Literals
+    from typing import get_args
+
+    from gateway.policy.model import DaemonSection
+
+    assert get_args(DaemonSection.model_fields["balance"].annotation) == ipt.BALANCE
+    assert get_args(DaemonSection.model_fields["firewall"].annotation) == ipt.FIREWALLS

@@ -41,7 +41,7 @@ def test_ruleset_layout() -> None:
 def test_ruleset_variants() -> None:
     flow = nft.ruleset(ipt.RulesConfig(queue_num=3, workers=2, fail_open=True))
     assert 'counter queue flags bypass to symhash mod 2 offset 3 comment "' in flow
-    assert "queue num 0 bypass" in nft.ruleset(ipt.RulesConfig(fail_open=True))
+    assert "queue flags bypass num 0 comment" in nft.ruleset(ipt.RulesConfig(fail_open=True))
     stopped = nft.ruleset(ipt.RulesConfig(accept_offloaded=False))
     assert "accept" not in stopped.replace("policy accept", "")  # stopped: every packet to the (empty) queue
     no_offload = nft.ruleset(ipt.RulesConfig(offload=False))
@@ -93,7 +93,7 @@ def _kernel_queues(ns: str) -> bool:
 
 def _ns_runner(ns: str, *, swap_queue: bool) -> nft.Runner:
     def no_queue(text: str) -> str:  # the statement this kernel refuses
-        queue = r"queue (num [0-9-]+( bypass)?|(flags bypass )?to symhash mod [0-9]+ offset [0-9]+)"
+        queue = r"queue (flags bypass )?(num [0-9-]+|to symhash mod [0-9]+ offset [0-9]+)"
         return re.sub(queue, "drop", text)
 
     return ns_runner(ns, nft.NftablesError, no_queue if swap_queue else None)

@@ -93,7 +93,8 @@ class RulesConfig:
             raise ValueError(f"balance {self.balance!r}: one of {', '.join(BALANCE)}")
 
 
-BALANCE = ("flow", "addresses")
+BALANCE = ("flow", "addresses")  # [daemon] balance (the config model's Literal; a test keeps them equal)
+FIREWALLS = ("iptables", "nft", "auto")  # [daemon] firewall: the rules backend (gateway.daemon.select_firewall)
 # HMARK's hash seed: fixed, so a restart or reload keeps every flow on the same queue number
 HMARK_SEED = 0x4C475741
 

@@ -9,7 +9,8 @@ through iptables. Where `nft` and the expression are there, `[daemon] firewall =
         chain forward      hook forward priority filter
             ct state invalid drop                                     (drop_invalid)
             ct state established ct mark & MASK == MARK counter accept (offload, while running)
-            counter queue num N [bypass]   comment "lgwan-gateway mark generation G"
+            counter queue [flags bypass] num N   comment "lgwan-gateway mark generation G"
+                (workers > 1: num N-M, or with balance = "flow": to symhash mod W offset N)
         chain postrouting  hook postrouting priority mangle            (offload)
             TCP without SYN / non-TCP, ct state established, meta mark & MASK == MARK
                 -> ct mark set ct mark & ~MASK | MARK
@@ -50,10 +51,10 @@ def _queue_statement(cfg: RulesConfig) -> str:
         # symhash: a hash of addresses, ports and protocol that is the same in both directions, so
         # a flow stays on one worker and the sessions of one address pair spread (iptables: HMARK)
         return f"queue {flags}to symhash mod {cfg.workers} offset {cfg.queue_num}"
-    num = f"{cfg.queue_num}-{cfg.queue_num + cfg.workers - 1}" if cfg.workers > 1 else str(cfg.queue_num)
     # a queue range is balanced by a hash of the address pair, like --queue-balance: both directions
     # of a flow reach the same worker ("fanout" would spread by CPU instead)
-    return f"queue num {num}" + (" bypass" if cfg.fail_open else "")
+    num = f"{cfg.queue_num}-{cfg.queue_num + cfg.workers - 1}" if cfg.workers > 1 else str(cfg.queue_num)
+    return f"queue {flags}num {num}"
 
 
 def ruleset(cfg: RulesConfig, table: str = TABLE) -> str:

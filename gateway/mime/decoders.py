@@ -16,11 +16,10 @@ from gateway.bytescan import B64_ALPHABET, B64_WS, b64_decode_plain
 
 _B64_KEEP = B64_ALPHABET + b"="
 _B64_DELETE = bytes(b for b in range(256) if b not in _B64_KEEP)
-_B64_WS = B64_WS
-_B64_JUNK = bytes(b for b in _B64_DELETE if b not in _B64_WS)
+_B64_JUNK = bytes(b for b in _B64_DELETE if b not in B64_WS)
 # byte class: 0 alphabet or "=", 1 whitespace, 2 junk (one table lookup per byte, then memchr;
 # a translate that deletes 190 byte values costs several times more)
-_B64_CLASS = bytes(0 if b in _B64_KEEP else 1 if b in _B64_WS else 2 for b in range(256))
+_B64_CLASS = bytes(0 if b in _B64_KEEP else 1 if b in B64_WS else 2 for b in range(256))
 _QP_MAX_HOLD = 1024  # trailing whitespace held back longer than this is passed on as data
 
 
@@ -80,7 +79,7 @@ class Base64Decoder(_Base):
             s = raw.translate(None, _B64_DELETE)
             self._defect("base64-invalid-char")
         elif b"\x01" in cls:
-            s = raw.translate(None, _B64_WS)  # the same as deleting _B64_DELETE: no junk here
+            s = raw.translate(None, B64_WS)  # the same as deleting _B64_DELETE: no junk here
         else:
             s = raw
         if self._carry:
