@@ -112,6 +112,16 @@ def test_base64_decoder_fast_path_equals_general_path(data: bytes, cuts: list[in
     assert run(False) == run(True)
 
 
+@FUZZ
+@given(EOLISH, st.sampled_from([b"\r\n.", b"\n.", b".", b"\r\n--", b"A\r"]), st.integers(0, 70))
+@example(b"\r\n.", b"\r\n.", 0)
+@example(b"\r\n.", b"\r\n.", 1)  # a start inside the match: it is not found
+@example(b"..\r\n.", b"\r\n.", 0)  # a rare byte before the first match
+def test_find_rare_tail_is_bytes_find(data: bytes, needle: bytes, start: int) -> None:
+    assert bytescan.find_rare_tail(data, needle, start) == data.find(needle, start)
+    assert bytescan.find_rare_tail(bytearray(data), needle, start) == data.find(needle, start)
+
+
 def test_modules_use_the_compiled_scans() -> None:
     """Unless LGWAN_GATEWAY_PURE_PYTHON=1, the mail path runs the compiled twins."""
     import os

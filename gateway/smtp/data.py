@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import NoReturn
 
-from gateway.bytescan import eol_layout_equal
+from gateway.bytescan import eol_layout_equal, find_rare_tail
 from gateway.smtp.events import RewriteError
 
 # A '.' alone on a "line" under any lax line-ending interpretation, NULs tolerated around it.
@@ -85,7 +85,7 @@ class DataScanner:
                 seg = i
                 s = _S.MID
                 continue
-            j = buf.find(b"\r\n.", i)
+            j = find_rare_tail(buf, b"\r\n.", i)
             if j >= 0:
                 i = j + 2
                 s = _S.BOL
@@ -108,12 +108,19 @@ class DataScanner:
     def _lookalikes(self, raw: bytes, offset: int) -> tuple[tuple[int, bytes], ...]:
         if not raw:
             return ()
-        window = self._tail + raw
         base = self._tail_offset
-        found: list[tuple[int, bytes]] = []
         # Search on from the end of the last match, like one finditer over the whole content
         # would: the result does not depend on how the input was chunked.
         pos = max(0, self._search_from - base)
+        if b"." not in raw and self._tail.find(b".", pos) < 0:
+            # no dot to search from (base64): what the loop below leaves, without copying raw
+            keep = (self._tail + raw[-_LOOKALIKE_MAX - 1 :])[-_LOOKALIKE_MAX - 1 :]
+            self._search_from = base + pos
+            self._tail = keep
+            self._tail_offset = offset + len(raw) - len(keep)
+            return ()
+        window = self._tail + raw
+        found: list[tuple[int, bytes]] = []
         # A match is line break, NULs (<= 2), one dot, NULs (<= 2), line break: it starts 1 to 4
         # bytes before its dot and ends at most 5 bytes after it, and a '.' cannot be in front
         # of its own dot. So the matches are exactly those starting before a dot (at or after
@@ -146,11 +153,11 @@ def _framing_kept(old: bytes, new: bytes) -> bool:
     # Line starts are the same in both (the LFs are): check new's dots there against old's bytes.
     if new[:1] == b"." and old[:1] != b".":
         return False
-    j = new.find(b"\n.")
+    j = find_rare_tail(new, b"\n.")
     while j >= 0:
         if old[j + 1] != 0x2E:
             return False
-        j = new.find(b"\n.", j + 2)
+        j = find_rare_tail(new, b"\n.", j + 2)
     return True
 
 
