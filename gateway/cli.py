@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="TOML policy file")
     p.add_argument("--queue", type=int, help="first NFQUEUE number ([daemon] queue, default 0)")
     p.add_argument("--workers", type=int, help="worker processes, one queue each ([daemon] workers, default 1)")
-    p.add_argument("--balance", choices=BALANCE, help="spread flows over workers by ([daemon] balance, default flow)")
+    p.add_argument("--balance", choices=BALANCE, help="spreading over workers ([daemon] balance, default connection)")
     p.add_argument("--events", help="append the JSON-lines event log here, '-' for stdout ([daemon] events)")
     p.add_argument("--metrics-port", type=int, help="Prometheus port, 0 = off ([daemon] metrics_port, default 9687)")
     p.add_argument("--metrics-address", help="metrics address ([daemon] metrics_address, default 127.0.0.1)")

@@ -91,7 +91,7 @@ class Settings:
     config: str
     queue: int = 0
     workers: int = 1
-    balance: str = "flow"  # flow | addresses (gateway.io.iptables.RulesConfig)
+    balance: str = "connection"  # connection | flow | addresses (gateway.io.iptables.RulesConfig)
     events: str | None = None
     metrics_port: int = DEFAULT_PORT  # 0: no metrics endpoint
     metrics_address: str = DEFAULT_ADDRESS

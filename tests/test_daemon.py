@@ -453,7 +453,7 @@ def test_rules_checker_reinstalls(lab: Lab) -> None:
     assert not lab.connect(OTHER, timeout=1.0)  # the ACCEPT someone put first is below our jump again
 
 
-@pytest.mark.parametrize("balance", ["flow", "addresses"])
+@pytest.mark.parametrize("balance", ["connection", "flow", "addresses"])
 def test_workers_keep_both_directions_together(tmp_path: Path, balance: str) -> None:
     lab = Lab(tmp_path)
     try:
@@ -463,15 +463,20 @@ def test_workers_keep_both_directions_together(tmp_path: Path, balance: str) -> 
         # the other worker would be a no_flow drop and the connection would fail
         lab.start("--no-offload", "--balance", balance, workers=2)
         rules = sh("ip", "netns", "exec", lab.g, "iptables", "-S", "LGWAN-FWD").stdout
-        assert ("-j HMARK" in rules) == (balance == "flow"), rules
-        # flow: 16 connections of ONE address pair (as the parallel sessions of one mail relay),
-        # the hash of the ports spreads them over both workers; addresses: 16 address pairs
-        sources = ["198.18.1.10"] * 16 if balance == "flow" else [f"198.18.1.{10 + i}" for i in range(16)]
+        assert ("-j HMARK" in rules) == (balance != "addresses"), rules  # connection: HMARK as fallback
+        assert ("connlabel" in rules) == (balance == "connection"), rules
+        # connection: 16 connections of ONE address pair (as the parallel sessions of one mail
+        # relay) dealt in turn, 8 to each worker; flow: the hash of the ports spreads them over
+        # both workers; addresses: 16 address pairs
+        sources = ["198.18.1.10"] * 16 if balance != "addresses" else [f"198.18.1.{10 + i}" for i in range(16)]
         results = [lab.connect(ALLOWED, src=src, payload=b"x" * 3000) for src in sources]
         assert all(results)
         m = lab.metrics()
         per_worker = [m[f'lgwan_worker_packets_total{{queue="{i}",worker="{i}"}}'] for i in range(2)]
         assert all(n > 0 for n in per_worker), per_worker  # spread over both queues
+        if balance == "connection":
+            # the same connection 8 times on each: the packet counts differ by retransmissions at most
+            assert min(per_worker) >= 0.8 * max(per_worker), per_worker
         assert m.get('lgwan_packets_total{reason="no_flow",verdict="drop"}', 0) == 0
         assert m["lgwan_workers"] == 2
     finally:
@@ -491,8 +496,10 @@ def test_workers_from_the_config_file(tmp_path: Path) -> None:
         bound = {int(f[0]): int(f[1]) for f in (line.split() for line in queues.splitlines()) if f}
         assert sorted(bound) == [3, 4] and all(bound.values()), queues  # both have a listener (port id)
         rules = sh("ip", "netns", "exec", lab.g, "iptables", "-S", "LGWAN-FWD").stdout
-        # flow balancing (the default): HMARK, one queue rule per worker, --queue-balance as the
-        # last resort (it also carries the generation)
+        # connection balancing (the default): a queue rule per worker label, the round-robin deal,
+        # the flow hash (HMARK) for connections without a label, --queue-balance as the last
+        # resort (it also carries the generation)
+        assert '--label "65" -j NFQUEUE --queue-num 4' in rules and "--every 2 --packet 0" in rules, rules
         assert "-j HMARK" in rules and "--mark 0x2 -j NFQUEUE --queue-num 4" in rules, rules
         assert "--queue-balance 3:4" in rules
         assert all(lab.connect(ALLOWED, src=f"198.18.1.{10 + i}") for i in range(4))

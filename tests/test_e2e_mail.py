@@ -379,8 +379,8 @@ def _config(profile: str, tmp: Path) -> Path:
         return DEFAULT_CONFIG
     text = DEFAULT_CONFIG.read_text()
     start = text.index("[profiles.mail]")
-    # two workers: flows spread by the symmetric 5-tuple hash (HMARK), so the sessions (one per
-    # message, each from a new port) of this one relay->server pair use both
+    # two workers: new connections dealt to them in turn (balance = "connection", the default),
+    # so the sessions (one per message) of this one relay->server pair alternate between both
     text, n = re.subn(r"(?m)^workers = 1 ", "workers = 2 ", text[:start])
     assert n == 1, "configs/lab.toml: no [daemon] workers line"
     path = tmp / "lab-inspect.toml"

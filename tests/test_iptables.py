@@ -148,8 +148,27 @@ def test_install_idempotent_check_and_remove(netns: str) -> None:
     tables.remove()  # nothing left: a no-op
 
 
-def test_flow_balance_rules() -> None:
+def test_connection_balance_rules() -> None:
     rules = ipt.chain_rules(ipt.RulesConfig(queue_num=4, workers=3, fail_open=True))["filter"]
+    # the default: a labelled connection goes to its worker's queue, one rule per worker...
+    sticky = [f'-m connlabel --label "{64 + i}" -j NFQUEUE --queue-num {4 + i} --queue-bypass' for i in range(3)]
+    # ...a new one is dealt round-robin: every 3rd, every 2nd of the rest, the rest (one counter per rule)
+    deal = [
+        f"-m conntrack --ctstate NEW -m statistic --mode nth --every {3 - i} --packet 0 "
+        f'-m connlabel --label "{64 + i}" --set -j NFQUEUE --queue-num {4 + i} --queue-bypass'
+        for i in range(3)
+    ]
+    first = rules.index(sticky[0])
+    assert rules[first : first + 6] == sticky + deal
+    # what has no label falls through to the flow hash, then to --queue-balance with the generation
+    assert "-j HMARK" in rules[first + 6]
+    assert rules[-1].endswith("-j NFQUEUE --queue-balance 4:6 --queue-bypass") and "generation 1" in rules[-1]
+    for cfg in (ipt.RulesConfig(workers=1), ipt.RulesConfig(workers=2, balance="flow")):
+        assert not any("connlabel" in r for r in ipt.chain_rules(cfg)["filter"])
+
+
+def test_flow_balance_rules() -> None:
+    rules = ipt.chain_rules(ipt.RulesConfig(queue_num=4, workers=3, fail_open=True, balance="flow"))["filter"]
     hmark = [i for i, r in enumerate(rules) if "-j HMARK" in r]
     assert len(hmark) == 1
     h = hmark[0]
@@ -168,9 +187,23 @@ def test_flow_balance_rules() -> None:
 
 
 @pytest.mark.root
+def test_connection_balance_installs_in_both_families(netns: str) -> None:
+    tables = ipt.Iptables(_ns_runner(netns))
+    cfg = ipt.RulesConfig(queue_num=2, workers=2, generation=7)
+    tables.install(cfg)
+    # the kernel took connlabel and statistic, and iptables-save shows the rules as generated
+    assert tables.intact() and tables.installed_generation() == 7
+    for fam in ipt.FAMILIES:
+        rules = tables.read_state(fam)["filter"].chain_rules
+        labelled = [r for r in ipt.chain_rules(cfg)["filter"] if "connlabel" in r]
+        assert [r for r in rules if "connlabel" in r] == labelled and len(labelled) == 4, rules
+    tables.remove()
+
+
+@pytest.mark.root
 def test_flow_balance_installs_in_both_families(netns: str) -> None:
     tables = ipt.Iptables(_ns_runner(netns))
-    tables.install(ipt.RulesConfig(queue_num=2, workers=2, generation=7))
+    tables.install(ipt.RulesConfig(queue_num=2, workers=2, generation=7, balance="flow"))
     assert tables.intact() and tables.installed_generation() == 7
     for fam in ipt.FAMILIES:
         rules = tables.read_state(fam)["filter"].chain_rules
@@ -179,7 +212,7 @@ def test_flow_balance_installs_in_both_families(netns: str) -> None:
             "-m mark --mark 0x1 -j NFQUEUE --queue-num 2",
             "-m mark --mark 0x2 -j NFQUEUE --queue-num 3",
         ]
-    tables.install(ipt.RulesConfig(queue_num=2, workers=2, generation=8))  # idempotent, new generation
+    tables.install(ipt.RulesConfig(queue_num=2, workers=2, generation=8, balance="flow"))  # idempotent, new generation
     assert tables.intact() and tables.installed_generation() == 8
     tables.remove()
 

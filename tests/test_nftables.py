@@ -49,6 +49,17 @@ def test_ruleset_variants() -> None:
     assert "ct state invalid drop" not in nft.ruleset(ipt.RulesConfig(drop_invalid=False))
 
 
+def test_ruleset_connection_balance() -> None:
+    text = nft.ruleset(ipt.RulesConfig(queue_num=3, workers=2))  # balance = "connection", the default
+    forward = text.split("chain forward {")[1].split("\n\t}")[0]
+    # labelled connections to their worker, then the round-robin deal, then the flow hash last
+    assert forward.index("ct label 64 counter queue num 3") < forward.index("ct label 65 counter queue num 4")
+    assert "ct state new numgen inc mod 2 vmap { 0 : jump worker0, 1 : jump worker1 }" in forward
+    assert forward.index("vmap") < forward.index("to symhash mod 2 offset 3")
+    # a worker chain queues only when the label took (else back to the hash, like every later packet)
+    assert "chain worker1 {\n\t\tct label set 65\n\t\tct label 65 counter queue num 4\n\t}" in text
+
+
 def test_select_firewall() -> None:
     def usable() -> tuple[bool, str]:
         return True, "fine"
@@ -138,6 +149,12 @@ def test_install_check_swap_and_remove(netns: str) -> None:
     tables.remove()
     assert tables.installed_generation() is None
     tables.remove()  # nothing left: a no-op
+    # workers spread by connection: the kernel takes the labels, numgen and verdict map too
+    tables.install(ipt.RulesConfig(queue_num=3, workers=2, generation=6))
+    assert tables.intact() and tables.installed_generation() == 6
+    listed = run(["nft", "list", "table", "inet", "lgwan_gateway"], None)
+    assert "numgen inc mod 2 vmap" in listed and "ct label set 65" in listed, listed
+    tables.remove()
 
 
 @pytest.mark.root

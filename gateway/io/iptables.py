@@ -7,6 +7,9 @@ per family, so the kernel never sees a half-installed ruleset):
         LGWAN-FWD:  ctstate INVALID            -> DROP      (optional, see docs/operations.md)
                     ctstate ESTABLISHED and connmark == current generation|offload -> ACCEPT
                     everything else            -> NFQUEUE (no --queue-bypass unless fail_mode = "open")
+                    (workers > 1, balance = "connection": a connection's worker is a conntrack
+                    label, given round-robin to its first packet (ctstate NEW, xt_statistic nth);
+                    one NFQUEUE rule per label; flows without one fall through to the "flow" rules)
                     (workers > 1, balance = "flow": HMARK puts a symmetric hash of the 5-tuple
                     into the packet mark, one NFQUEUE rule per mark value picks the worker)
     mangle POSTROUTING  -> LGWAN-MANGLE (always rule 1)
@@ -70,10 +73,12 @@ def next_generation(current: int | None) -> int:
 class RulesConfig:
     queue_num: int = 0
     workers: int = 1  # > 1: queues queue_num .. queue_num+workers-1, spread by `balance`
-    # flow: a symmetric hash of addresses, ports and protocol (HMARK), so the parallel sessions of
-    # one relay->server pair spread over the workers; addresses: the kernel's --queue-balance
-    # (address pair and protocol only: one busy pair is one worker)
-    balance: str = "flow"
+    # connection: round-robin over new connections, kept in a conntrack label (N parallel sessions
+    # are N workers); flow: a symmetric hash of addresses, ports and protocol (HMARK), so the
+    # parallel sessions of one relay->server pair spread over the workers (by chance: 2 sessions
+    # share one of 2 workers half the time); addresses: the kernel's --queue-balance (address pair
+    # and protocol only: one busy pair is one worker)
+    balance: str = "connection"
     fail_open: bool = False  # --queue-bypass: traffic passes UNFILTERED while no daemon listens
     offload: bool = True
     drop_invalid: bool = True
@@ -93,10 +98,13 @@ class RulesConfig:
             raise ValueError(f"balance {self.balance!r}: one of {', '.join(BALANCE)}")
 
 
-BALANCE = ("flow", "addresses")  # [daemon] balance (the config model's Literal; a test keeps them equal)
+BALANCE = ("connection", "flow", "addresses")  # [daemon] balance (the config model's Literal; a test keeps them equal)
 FIREWALLS = ("iptables", "nft", "auto")  # [daemon] firewall: the rules backend (gateway.daemon.select_firewall)
 # HMARK's hash seed: fixed, so a restart or reload keeps every flow on the same queue number
 HMARK_SEED = 0x4C475741
+# balance = "connection": conntrack label WORKER_LABEL + i says "worker i" (labels are 128 bits apart
+# from the connmark, whose high half carries the offload generation; the low labels stay for others)
+WORKER_LABEL = 64
 
 
 def queue_target(cfg: RulesConfig) -> str:
@@ -118,7 +126,7 @@ def flow_balance_rules(cfg: RulesConfig) -> list[str]:
     HMARK replaces the whole packet mark of the packets it queues (other tools' low bits on them
     are lost; the verdict then sets the gateway's own bits only). Conntrack has reassembled IP
     fragments before FORWARD, so ports are always there."""
-    if cfg.workers <= 1 or cfg.balance != "flow":
+    if cfg.workers <= 1 or cfg.balance not in ("flow", "connection"):
         return []
     bypass = " --queue-bypass" if cfg.fail_open else ""
     rules = [
@@ -129,6 +137,33 @@ def flow_balance_rules(cfg: RulesConfig) -> list[str]:
         f"-m mark --mark 0x{i + 1:x} -j NFQUEUE --queue-num {cfg.queue_num + i}{bypass}" for i in range(cfg.workers)
     ]
     return rules
+
+
+def connection_balance_rules(cfg: RulesConfig) -> list[str]:
+    """workers > 1, balance = "connection": a packet whose connection has a worker label goes to
+    that worker's queue; the first packet of a new connection (ctstate NEW) takes the next worker
+    in turn and labels the connection with it. Rule i matches every (N-i)-th of the packets that
+    reach it (xt_statistic nth, one counter per rule), the last one every packet: the classic
+    round-robin chain, so N new connections in a row go to N different workers. The label is set
+    on the new conntrack before the packet is queued; the reply direction shares the conntrack,
+    so both directions reach one worker. A connection without a label (tracked before these rules
+    came, or a conntrack without the labels extension, where `--set` does not match) falls
+    through to the "flow" rules after these: a stable hash, so it still stays on one worker. A
+    retransmitted SYN finds its label in the sticky rules first and is not dealt again."""
+    if cfg.workers <= 1 or cfg.balance != "connection":
+        return []
+    bypass = " --queue-bypass" if cfg.fail_open else ""
+    n = cfg.workers
+    sticky = [
+        f'-m connlabel --label "{WORKER_LABEL + i}" -j NFQUEUE --queue-num {cfg.queue_num + i}{bypass}'
+        for i in range(n)
+    ]
+    deal = [
+        f"-m conntrack --ctstate NEW -m statistic --mode nth --every {n - i} --packet 0 "
+        f'-m connlabel --label "{WORKER_LABEL + i}" --set -j NFQUEUE --queue-num {cfg.queue_num + i}{bypass}'
+        for i in range(n)
+    ]
+    return sticky + deal
 
 
 def chain_rules(cfg: RulesConfig) -> dict[str, list[str]]:
@@ -152,6 +187,7 @@ def chain_rules(cfg: RulesConfig) -> dict[str, list[str]]:
             # ESTABLISHED, not RELATED: a related connection (helpers) inherits the master's
             # connmark and must be decided by the engine itself
             fwd.append(f"-m conntrack --ctstate ESTABLISHED -m connmark --mark 0x{mark:x}/0x{MARK_MASK:x} -j ACCEPT")
+    fwd.extend(connection_balance_rules(cfg))
     fwd.extend(flow_balance_rules(cfg))
     # the last rule (with flow balancing reached only by a packet HMARK could not hash, e.g. a
     # truncated header) keeps the generation's comment

@@ -10,7 +10,10 @@ through iptables. Where `nft` and the expression are there, `[daemon] firewall =
             ct state invalid drop                                     (drop_invalid)
             ct state established ct mark & MASK == MARK counter accept (offload, while running)
             counter queue [flags bypass] num N   comment "lgwan-gateway mark generation G"
-                (workers > 1: num N-M, or with balance = "flow": to symhash mod W offset N)
+                (workers > 1: num N-M, or with balance = "flow": to symhash mod W offset N;
+                balance = "connection": first `ct label L+i queue num N+i` per worker, then
+                `ct state new numgen inc mod W vmap { i : jump worker<i> }`, where chain
+                worker<i> sets label L+i and queues to N+i if it took; symhash last)
         chain postrouting  hook postrouting priority mangle            (offload)
             TCP without SYN / non-TCP, ct state established, meta mark & MASK == MARK
                 -> ct mark set ct mark & ~MASK | MARK
@@ -32,7 +35,15 @@ import shutil
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gateway.io.iptables import GEN_COMMENT, MARK_MASK, IptablesError, RulesConfig, offload_mark, run_tool
+from gateway.io.iptables import (
+    GEN_COMMENT,
+    MARK_MASK,
+    WORKER_LABEL,
+    IptablesError,
+    RulesConfig,
+    offload_mark,
+    run_tool,
+)
 
 TABLE = "lgwan_gateway"
 FAMILY = "inet"
@@ -47,7 +58,7 @@ class NftablesError(IptablesError):
 
 def _queue_statement(cfg: RulesConfig) -> str:
     flags = "flags bypass " if cfg.fail_open else ""
-    if cfg.workers > 1 and cfg.balance == "flow":
+    if cfg.workers > 1 and cfg.balance in ("flow", "connection"):
         # symhash: a hash of addresses, ports and protocol that is the same in both directions, so
         # a flow stays on one worker and the sessions of one address pair spread (iptables: HMARK)
         return f"queue {flags}to symhash mod {cfg.workers} offset {cfg.queue_num}"
@@ -69,8 +80,23 @@ def ruleset(cfg: RulesConfig, table: str = TABLE) -> str:
         # established, not related: a related connection inherits the master's connmark and must
         # be decided by the engine itself (as in the iptables rules)
         fwd.append(f"ct state established ct mark & 0x{MARK_MASK:08x} == 0x{mark:08x} counter accept")
-    fwd.append(f'counter {_queue_statement(cfg)} comment "{GEN_COMMENT}{cfg.generation}"')
     chains = {"forward": fwd}
+    if cfg.workers > 1 and cfg.balance == "connection":
+        # as the iptables rules: a labelled connection to its worker; a new one dealt round-robin
+        # (one numgen counter, a verdict map to the worker's chain that labels and queues it)
+        flags = "flags bypass " if cfg.fail_open else ""
+        deal = []
+        for i in range(cfg.workers):
+            fwd.append(f"ct label {WORKER_LABEL + i} counter queue {flags}num {cfg.queue_num + i}")
+            # queued only if the label took (a conntrack from before the rules has no labels):
+            # otherwise back to the symhash rule, as every later packet of the flow will be
+            chains[f"worker{i}"] = [
+                f"ct label set {WORKER_LABEL + i}",
+                f"ct label {WORKER_LABEL + i} counter queue {flags}num {cfg.queue_num + i}",
+            ]
+            deal.append(f"{i} : jump worker{i}")
+        fwd.append(f"ct state new numgen inc mod {cfg.workers} vmap {{ {', '.join(deal)} }}")
+    fwd.append(f'counter {_queue_statement(cfg)} comment "{GEN_COMMENT}{cfg.generation}"')
     if cfg.offload:
         save = (
             f"ct state established meta mark & 0x{MARK_MASK:08x} == 0x{mark:08x} "

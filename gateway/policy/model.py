@@ -230,10 +230,11 @@ class DaemonSection(_Strict):
 
     queue: int = Field(default=0, ge=0, le=65535)  # first NFQUEUE number
     workers: int = Field(default=1, ge=1, le=64)  # processes, one queue each: queue .. queue+workers-1
-    # how flows are spread over the workers: "flow" hashes addresses, ports and protocol (iptables
-    # HMARK / nft symhash), "addresses" only the address pair (--queue-balance: one busy
-    # relay->server pair is then one worker)
-    balance: Literal["flow", "addresses"] = "flow"
+    # how flows are spread over the workers: "connection" deals new connections round-robin and
+    # keeps each on its worker with a conntrack label (iptables only), "flow" hashes addresses,
+    # ports and protocol (iptables HMARK / nft symhash), "addresses" only the address pair
+    # (--queue-balance: one busy relay->server pair is then one worker)
+    balance: Literal["connection", "flow", "addresses"] = "connection"
     offload: bool = True  # kernel passes allowed flows after their first packets
     events: LogPath | None = None  # JSON-lines event log; None: no event log
     metrics_port: int = Field(default=DEFAULT_METRICS_PORT, ge=0, le=65535)  # 0: no endpoint
