@@ -73,8 +73,8 @@ def next_generation(current: int | None) -> int:
 class RulesConfig:
     queue_num: int = 0
     workers: int = 1  # > 1: queues queue_num .. queue_num+workers-1, spread by `balance`
-    # connection: round-robin over new connections, kept in a conntrack label (N parallel sessions
-    # are N workers); flow: a symmetric hash of addresses, ports and protocol (HMARK), so the
+    # connection: round-robin over new connections, kept in a conntrack label (N sessions opened
+    # in a row are N workers, up to `workers`); flow: a symmetric hash of addresses, ports and protocol (HMARK), so the
     # parallel sessions of one relay->server pair spread over the workers (by chance: 2 sessions
     # share one of 2 workers half the time); addresses: the kernel's --queue-balance (address pair
     # and protocol only: one busy pair is one worker)

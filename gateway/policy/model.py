@@ -231,7 +231,7 @@ class DaemonSection(_Strict):
     queue: int = Field(default=0, ge=0, le=65535)  # first NFQUEUE number
     workers: int = Field(default=1, ge=1, le=64)  # processes, one queue each: queue .. queue+workers-1
     # how flows are spread over the workers: "connection" deals new connections round-robin and
-    # keeps each on its worker with a conntrack label (iptables only), "flow" hashes addresses,
+    # keeps each on its worker with a conntrack label (iptables connlabel / nft ct label), "flow" hashes addresses,
     # ports and protocol (iptables HMARK / nft symhash), "addresses" only the address pair
     # (--queue-balance: one busy relay->server pair is then one worker)
     balance: Literal["connection", "flow", "addresses"] = "connection"
