@@ -118,8 +118,10 @@ def test_base64_decoder_fast_path_equals_general_path(data: bytes, cuts: list[in
 @example(b"\r\n.", b"\r\n.", 1)  # a start inside the match: it is not found
 @example(b"..\r\n.", b"\r\n.", 0)  # a rare byte before the first match
 def test_find_rare_tail_is_bytes_find(data: bytes, needle: bytes, start: int) -> None:
-    assert bytescan.find_rare_tail(data, needle, start) == data.find(needle, start)
-    assert bytescan.find_rare_tail(bytearray(data), needle, start) == data.find(needle, start)
+    want = data.find(needle, start)
+    for probes in (0, 1, 8):  # straight to the fallback find, after one miss, the default
+        assert bytescan.find_rare_tail(data, needle, start, probes) == want
+    assert bytescan.find_rare_tail(bytearray(data), needle, start) == want
 
 
 def test_modules_use_the_compiled_scans() -> None:
