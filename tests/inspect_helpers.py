@@ -14,7 +14,7 @@ from typing import Any
 from scapy.layers.inet import IP, TCP
 
 from gateway.inspect import Drop, FlowContext, Forward, Inject, InspectConfig, Log, MailInspector, Quarantine
-from gateway.inspect.commands import store_original
+from gateway.inspect.commands import Original, store_original
 
 CLIENT = ("198.19.40.25", 40005)
 SERVER = ("198.18.22.25", 25)
@@ -71,7 +71,8 @@ class MemoryStore:
     def __init__(self) -> None:
         self.items: dict[str, tuple[bytes, Any]] = {}
 
-    def put(self, original: bytes, meta: Any, qid: str | None = None, sha256: str | None = None) -> str:
+    def put(self, original: Original, meta: Any, qid: str | None = None, sha256: str | None = None) -> str:
+        original = original if isinstance(original, bytes) else b"".join(original)
         qid = qid or f"20261126T000000Z-{len(self.items):012x}"
         assert qid not in self.items, "quarantine id reused"
         # a digest the inspector hands over must be that of exactly these bytes (the store trusts it)

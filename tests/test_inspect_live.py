@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from inspect_helpers import FakeClassifier, FakeProfile, MemoryStore
+from inspect_helpers import FakeClassifier, FakeProfile, MemoryStore, Original
 from test_inspect import DOCM, EXE, mail
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -62,7 +62,7 @@ while True: time.sleep(3600)
 class SlowStore(MemoryStore):
     """A put that takes as long as a slow disk's fsyncs: the end of DATA arrives before it ends."""
 
-    def put(self, original: bytes, meta: Any, qid: str | None = None, sha256: str | None = None) -> str:
+    def put(self, original: Original, meta: Any, qid: str | None = None, sha256: str | None = None) -> str:
         time.sleep(0.2)
         return super().put(original, meta, qid, sha256)
 

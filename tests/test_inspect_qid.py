@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from inspect_helpers import MemoryStore, data_content, drive, parse, received, session
+from inspect_helpers import MemoryStore, Original, data_content, drive, parse, received, session
 from scapy.layers.inet import IP, TCP
 
 from gateway.inspect.mail import with_quarantine_id
@@ -109,7 +109,7 @@ def test_long_reason_is_cut_so_the_id_fits() -> None:
 
 
 class FailingStore(MemoryStore):
-    def put(self, original: bytes, meta: Any, qid: str | None = None, sha256: str | None = None) -> str:
+    def put(self, original: Original, meta: Any, qid: str | None = None, sha256: str | None = None) -> str:
         raise QuarantineIdInUse("disk says no")
 
 
@@ -125,7 +125,7 @@ def test_store_failure_refuses_and_554_names_no_id() -> None:
 
 
 class RenamingStore(MemoryStore):
-    def put(self, original: bytes, meta: Any, qid: str | None = None, sha256: str | None = None) -> str:
+    def put(self, original: Original, meta: Any, qid: str | None = None, sha256: str | None = None) -> str:
         return super().put(original, meta, None, sha256)  # ignores the id it was given
 
 

@@ -34,6 +34,9 @@ class Inject:
     reason: str
 
 
+Original = bytes | tuple[bytes, ...]
+
+
 @dataclass(frozen=True, slots=True)
 class Quarantine:
     """Store `original` under `qid` (QuarantineStore.put(original, meta, qid=qid)) and report
@@ -43,7 +46,9 @@ class Quarantine:
     `qid` when it decided (it is already in the part's notice); a store must use it as given."""
 
     key: int
-    original: bytes
+    # the original's bytes, or its chunks in order (as decoded or received: a 5 MB part is not
+    # joined into one more copy; QuarantineStore.put writes them one after the other)
+    original: Original
     meta: Any  # gateway.io.quarantine.QuarantineMeta
     qid: str
     # SHA-256 (hex) of `original` when the inspector hashed exactly these bytes already (a removed
@@ -62,7 +67,7 @@ Command = Forward | Drop | Inject | Quarantine | Log
 class Store(Protocol):
     """What a Quarantine command is carried out with (gateway.io.quarantine.QuarantineStore)."""
 
-    def put(self, original: bytes, meta: Any, qid: str | None = None, sha256: str | None = None) -> str: ...
+    def put(self, original: Original, meta: Any, qid: str | None = None, sha256: str | None = None) -> str: ...
 
 
 def store_original(store: Store, c: Quarantine) -> tuple[str | None, str | None]:

@@ -846,7 +846,7 @@ class _Conn:
         key = self.insp.new_key(self, m, p, p.qid)
         m.pending_q += 1
         meta = self._meta(m, "part", p.reason or "", "neutralized", p)
-        self.out.append(Quarantine(key, p.decoded.whole(), meta, p.qid, p.sha.hexdigest()))
+        self.out.append(Quarantine(key, tuple(p.decoded.chunks), meta, p.qid, p.sha.hexdigest()))
         _drop_decoded(p)
 
     def quarantined(self, m: _Message, p: _Part | None, qid: str | None, error: str | None) -> None:
@@ -986,7 +986,8 @@ class _Conn:
             qid = self.insp.new_qid(self.ts_us)
             key = self.insp.new_key(self, m, None, qid)
             m.pending_q += 1
-            self.out.append(Quarantine(key, m.content.whole(), self._meta(m, "message", reason, "refused", None), qid))
+            meta = self._meta(m, "message", reason, "refused", None)
+            self.out.append(Quarantine(key, tuple(m.content.chunks), meta, qid))
             _release(m)
         else:
             self.out.append(Log(self._refusal_event(reason)))
