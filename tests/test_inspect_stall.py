@@ -129,6 +129,7 @@ class Session:
 
 CLEAN_ZIP = b"PK\x03\x04" + bytes(range(256)) * 8
 MACRO_ZIP = b"PK\x03\x04word/vbaProject.bin" + bytes(range(256)) * 8
+EXE = b"MZ\x90\x00" + bytes(range(256)) * 8
 
 
 def test_one_resend_of_the_edge_keeps_holding() -> None:
@@ -229,3 +230,27 @@ def test_no_sack_hint_when_the_handshake_did_not_offer_sack() -> None:
     content = session(_message(CLEAN_ZIP))[9][1]
     s.pkt("c", start + 2 * MSS, content[2 * MSS : 3 * MSS])
     assert not s.run.injected
+
+
+def test_a_segment_ending_in_crlf_inside_a_neutralized_part_is_not_held() -> None:
+    """The MIME parser keeps a chunk's closing CRLF until it knows whether a delimiter follows;
+    CR and LF are never rewritten (the DATA framing), so they are released with the rest and a
+    segment that ends in one goes out when it comes. Held whole, it stalled a sender whose send
+    window that segment filled until its retransmission timeout (found with smtp-source in
+    bench/bench_mail.py: a 31744-byte segment held 260 ms, then the RTO)."""
+    s = Stalled()
+    start, content = s.until_data(_message(EXE))
+    body = content.index(b"\r\n\r\nTVqQ") + 4  # the attachment's base64 (b64 of "MZ\x90\x00")
+    body_end = content.index(b"\r\n--", body)
+    cuts = [i + 2 for i in range(body, body_end) if content[i : i + 2] == b"\r\n"]
+    assert len(cuts) > 10
+    pos = 0
+    for k, cut in enumerate([*cuts, len(content)]):
+        s.pkt("c", start + pos, content[pos:cut])
+        pos = cut
+        if k >= 1 and cut < len(content):  # past the first line: the head (16 bytes) decided it
+            assert isinstance(s.run.finals.get(s.pid), Forward), f"segment ending at {cut} held"
+    s.server_acks()
+    s.run.execute(s.run.insp.finish())
+    smtp = [e for e in s.run.events if e["event_type"] == "smtp"]
+    assert smtp and smtp[0]["email"]["verdict"] == "sanitized", smtp

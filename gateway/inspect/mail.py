@@ -101,6 +101,7 @@ from gateway.stream.reassembly import Forward as RForward
 from gateway.stream.reassembly import Output as ROutput
 
 SEQ_MOD = 1 << 32
+_EOL_RUN_MAX = 16  # CR/LF bytes _Message.hold looks at past the MIME parser's edge
 
 
 # --- what the inspector needs of its collaborators (gateway.sanitize, gateway.io.quarantine) ---
@@ -304,10 +305,29 @@ class _Message:
         p = self.current
         if p is not None:
             if p.state == PENDING:
-                h = min(h, p.start.header_start)
-            elif p.san is not None:
-                h = min(h, p.san_out)
-        return h
+                return min(h, p.start.header_start)
+            if p.san is not None:
+                return min(h, p.san_out)
+        # CR and LF bytes just past what the MIME parser covered are final already: every rewrite
+        # keeps them in place (the DATA framing, OffsetMap.map_rewrite). The parser holds a
+        # chunk's closing CRLF until it knows whether a delimiter follows; released with the
+        # rest, a segment that ends in CRLF is not held whole, which stalled a sender whose send
+        # window that segment had filled until its retransmission timeout (~200 ms).
+        tail = self.content.cut(h, h + _EOL_RUN_MAX)
+        return h + len(tail) - len(tail.lstrip(b"\r\n"))
+
+
+def _common_prefix(a: bytes, b: bytes) -> int:
+    """Length of the common prefix of two same-length strings (binary search by slice compares:
+    memcmp, not a Python loop per byte)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:  # a[:lo] == b[:lo], and the common prefix is at most hi long
+        mid = (lo + hi + 1) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 @dataclass
@@ -803,11 +823,16 @@ class _Conn:
             m.actions.add("REP_LINK")
 
     def _rewrite(self, m: _Message, content_offset: int, new: bytes, old: bytes | None = None) -> bool:
-        """`old`: the content's bytes at content_offset if the caller has them already."""
+        """`old`: the content's bytes at content_offset if the caller has them already. Only
+        what changes is rewritten: bytes released before they were covered (the CR/LF of
+        _Message.hold) begin a later fill unchanged, and may lie below the released edge."""
         if old is None:
             old = m.content.cut(content_offset, content_offset + len(new))
         if old == new:
             return True
+        same = _common_prefix(old, new)
+        if same:
+            content_offset, old, new = content_offset + same, old[same:], new[same:]
         try:
             rws = m.omap.map_rewrite(content_offset, old, new)
         except RewriteError as exc:
