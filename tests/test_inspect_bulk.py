@@ -51,6 +51,7 @@ _BODY = st.lists(st.sampled_from([b"QUJD", b"x", b"\r\n", b"\r", b"\n", b"=\r\n"
     _BODY.map(b"".join),
     st.lists(st.integers(1, 40), max_size=20),
 )
+@example("quoted-printable", b"A" * 76 + b"\r\nQUJD\r\n=\r\n=\r\n", [])  # breaks at the stride and between
 def test_fill_matches_the_per_run_reference(encoding: str, body: bytes, cuts: list[int]) -> None:
     notice = "[lgwan-gateway] removed 請求書.exe. Ask your administrator.\r\n"
     fast, ref = BodyFiller(encoding, notice), BodyFiller(encoding, notice)

@@ -282,6 +282,7 @@ class BodyFiller:
             or len(inner) != count * (size + 2)
             or inner[size :: size + 2] != b"\r" * count  # a CRLF after every `size` bytes, so
             or inner[size + 1 :: size + 2] != b"\n" * count  # every inner line is that long
+            or inner.count(b"\n") != count  # and holds no other line break ("=\r\n=\r\n": 4 bytes)
         ):
             return None
         head = self._stream(first)
