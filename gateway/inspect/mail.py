@@ -317,19 +317,6 @@ class _Message:
         return h + len(tail) - len(tail.lstrip(b"\r\n"))
 
 
-def _common_prefix(a: bytes, b: bytes) -> int:
-    """Length of the common prefix of two same-length strings (binary search by slice compares:
-    memcmp, not a Python loop per byte)."""
-    lo, hi = 0, min(len(a), len(b))
-    while lo < hi:  # a[:lo] == b[:lo], and the common prefix is at most hi long
-        mid = (lo + hi + 1) // 2
-        if a[lo:mid] == b[lo:mid]:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
-
-
 @dataclass
 class _Txn:
     mail_from: str | None = None
@@ -823,16 +810,17 @@ class _Conn:
             m.actions.add("REP_LINK")
 
     def _rewrite(self, m: _Message, content_offset: int, new: bytes, old: bytes | None = None) -> bool:
-        """`old`: the content's bytes at content_offset if the caller has them already. Only
-        what changes is rewritten: bytes released before they were covered (the CR/LF of
-        _Message.hold) begin a later fill unchanged, and may lie below the released edge."""
+        """`old`: the content's bytes at content_offset if the caller has them already. A run of
+        CR/LF it starts with and keeps is left out: those may have been released before the MIME
+        parser covered them (_Message.hold), below the released edge. Only that run: the
+        framing check takes a rewrite's first byte for a line start."""
         if old is None:
             old = m.content.cut(content_offset, content_offset + len(new))
         if old == new:
             return True
-        same = _common_prefix(old, new)
-        if same:
-            content_offset, old, new = content_offset + same, old[same:], new[same:]
+        eol = len(old) - len(old.lstrip(b"\r\n"))
+        if eol and new[:eol] == old[:eol]:
+            content_offset, old, new = content_offset + eol, old[eol:], new[eol:]
         try:
             rws = m.omap.map_rewrite(content_offset, old, new)
         except RewriteError as exc:
