@@ -818,7 +818,8 @@ class _Conn:
             old = m.content.cut(content_offset, content_offset + len(new))
         if old == new:
             return True
-        eol = len(old) - len(old.lstrip(b"\r\n"))
+        head = old[:_EOL_RUN_MAX]
+        eol = len(head) - len(head.lstrip(b"\r\n"))
         if eol and new[:eol] == old[:eol]:
             content_offset, old, new = content_offset + eol, old[eol:], new[eol:]
         try:

@@ -12,7 +12,7 @@ import base64
 import re
 from collections.abc import Sequence
 
-from gateway.bytescan import bare_eol
+from gateway.bytescan import bare_eol, eol_layout_equal
 
 _EOL = re.compile(rb"\r\n|\r|\n")
 _EOL_RUNS = re.compile(rb"([\r\n]+)")
@@ -266,7 +266,8 @@ class BodyFiller:
         one length L and lie past the notice, where the stream repeats the pad: when L is a
         multiple of the pad's length, every inner line gets the same bytes, so the inner part
         is one line repeated. None when that does not hold (the caller cuts line by line).
-        Found with three searches and two strided slices: no list of lines is built."""
+        Found with three searches and one compiled CR/LF layout compare against a template:
+        no list of lines is built."""
         first = raw.find(b"\r\n")
         second = raw.find(b"\r\n", first + 2) if first >= 0 else -1
         if second < 0:
@@ -280,9 +281,9 @@ class BodyFiller:
             or self.k + first < len(self._head)
             or size % len(self._pad)
             or len(inner) != count * (size + 2)
-            or inner[size :: size + 2] != b"\r" * count  # a CRLF after every `size` bytes, so
-            or inner[size + 1 :: size + 2] != b"\n" * count  # every inner line is that long
-            or inner.count(b"\n") != count  # and holds no other line break ("=\r\n=\r\n": 4 bytes)
+            # a CRLF after every `size` bytes and no other line break ("QUJD\r\n=\r\n=\r\n" has
+            # them at every 6th byte and between): every inner line is that long
+            or not eol_layout_equal(inner, (bytes(size) + b"\r\n") * count)
         ):
             return None
         head = self._stream(first)
