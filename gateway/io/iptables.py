@@ -74,10 +74,10 @@ class RulesConfig:
     queue_num: int = 0
     workers: int = 1  # > 1: queues queue_num .. queue_num+workers-1, spread by `balance`
     # connection: round-robin over new connections, kept in a conntrack label (N sessions opened
-    # in a row are N workers, up to `workers`); flow: a symmetric hash of addresses, ports and protocol (HMARK), so the
-    # parallel sessions of one relay->server pair spread over the workers (by chance: 2 sessions
-    # share one of 2 workers half the time); addresses: the kernel's --queue-balance (address pair
-    # and protocol only: one busy pair is one worker)
+    # in a row are N workers, up to `workers`); flow: a symmetric hash of addresses, ports and
+    # protocol (HMARK), so the parallel sessions of one relay->server pair spread over the workers
+    # (by chance: 2 sessions share one of 2 workers half the time); addresses: the kernel's
+    # --queue-balance (address pair and protocol only: one busy pair is one worker)
     balance: str = "connection"
     fail_open: bool = False  # --queue-bypass: traffic passes UNFILTERED while no daemon listens
     offload: bool = True
@@ -107,16 +107,21 @@ HMARK_SEED = 0x4C475741
 WORKER_LABEL = 64
 
 
+def _bypass(cfg: RulesConfig) -> str:
+    return " --queue-bypass" if cfg.fail_open else ""
+
+
+def _to_worker(cfg: RulesConfig, i: int) -> str:
+    """The NFQUEUE target of worker i (queue_num + i)."""
+    return f"-j NFQUEUE --queue-num {cfg.queue_num + i}{_bypass(cfg)}"
+
+
 def queue_target(cfg: RulesConfig) -> str:
     if cfg.workers > 1:
         # the kernel hashes the (sorted) address pair and protocol: both directions of a flow
         # reach the same queue, hence the same worker and the same flow table
-        target = f"-j NFQUEUE --queue-balance {cfg.queue_num}:{cfg.queue_num + cfg.workers - 1}"
-    else:
-        target = f"-j NFQUEUE --queue-num {cfg.queue_num}"
-    if cfg.fail_open:
-        target += " --queue-bypass"
-    return target
+        return f"-j NFQUEUE --queue-balance {cfg.queue_num}:{cfg.queue_num + cfg.workers - 1}{_bypass(cfg)}"
+    return _to_worker(cfg, 0)
 
 
 def flow_balance_rules(cfg: RulesConfig) -> list[str]:
@@ -128,15 +133,11 @@ def flow_balance_rules(cfg: RulesConfig) -> list[str]:
     fragments before FORWARD, so ports are always there."""
     if cfg.workers <= 1 or cfg.balance not in ("flow", "connection"):
         return []
-    bypass = " --queue-bypass" if cfg.fail_open else ""
     rules = [
         "-j HMARK --hmark-tuple src,dst,sport,dport,proto "
         f"--hmark-mod {cfg.workers} --hmark-offset 1 --hmark-rnd 0x{HMARK_SEED:x}"
     ]
-    rules += [
-        f"-m mark --mark 0x{i + 1:x} -j NFQUEUE --queue-num {cfg.queue_num + i}{bypass}" for i in range(cfg.workers)
-    ]
-    return rules
+    return rules + [f"-m mark --mark 0x{i + 1:x} {_to_worker(cfg, i)}" for i in range(cfg.workers)]
 
 
 def connection_balance_rules(cfg: RulesConfig) -> list[str]:
@@ -152,15 +153,11 @@ def connection_balance_rules(cfg: RulesConfig) -> list[str]:
     retransmitted SYN finds its label in the sticky rules first and is not dealt again."""
     if cfg.workers <= 1 or cfg.balance != "connection":
         return []
-    bypass = " --queue-bypass" if cfg.fail_open else ""
     n = cfg.workers
-    sticky = [
-        f'-m connlabel --label "{WORKER_LABEL + i}" -j NFQUEUE --queue-num {cfg.queue_num + i}{bypass}'
-        for i in range(n)
-    ]
+    sticky = [f'-m connlabel --label "{WORKER_LABEL + i}" {_to_worker(cfg, i)}' for i in range(n)]
     deal = [
         f"-m conntrack --ctstate NEW -m statistic --mode nth --every {n - i} --packet 0 "
-        f'-m connlabel --label "{WORKER_LABEL + i}" --set -j NFQUEUE --queue-num {cfg.queue_num + i}{bypass}'
+        f'-m connlabel --label "{WORKER_LABEL + i}" --set {_to_worker(cfg, i)}'
         for i in range(n)
     ]
     return sticky + deal

@@ -56,8 +56,12 @@ class NftablesError(IptablesError):
     a failed rules change applies to both backends.)"""
 
 
+def _flags(cfg: RulesConfig) -> str:
+    return "flags bypass " if cfg.fail_open else ""
+
+
 def _queue_statement(cfg: RulesConfig) -> str:
-    flags = "flags bypass " if cfg.fail_open else ""
+    flags = _flags(cfg)
     if cfg.workers > 1 and cfg.balance in ("flow", "connection"):
         # symhash: a hash of addresses, ports and protocol that is the same in both directions, so
         # a flow stays on one worker and the sessions of one address pair spread (iptables: HMARK)
@@ -84,7 +88,7 @@ def ruleset(cfg: RulesConfig, table: str = TABLE) -> str:
     if cfg.workers > 1 and cfg.balance == "connection":
         # as the iptables rules: a labelled connection to its worker; a new one dealt round-robin
         # (one numgen counter, a verdict map to the worker's chain that labels and queues it)
-        flags = "flags bypass " if cfg.fail_open else ""
+        flags = _flags(cfg)
         deal = []
         for i in range(cfg.workers):
             fwd.append(f"ct label {WORKER_LABEL + i} counter queue {flags}num {cfg.queue_num + i}")
