@@ -112,35 +112,30 @@ class DataScanner:
         # Search on from the end of the last match, like one finditer over the whole content
         # would: the result does not depend on how the input was chunked.
         pos = max(0, self._search_from - base)
-        if b"." not in raw and self._tail.find(b".", pos) < 0:
-            # no dot to search from (base64): what the loop below leaves, without copying raw
-            keep = (self._tail + raw[-_LOOKALIKE_MAX - 1 :])[-_LOOKALIKE_MAX - 1 :]
-            self._search_from = base + pos
-            self._tail = keep
-            self._tail_offset = offset + len(raw) - len(keep)
-            return ()
-        window = self._tail + raw
         found: list[tuple[int, bytes]] = []
         # A match is line break, NULs (<= 2), one dot, NULs (<= 2), line break: it starts 1 to 4
         # bytes before its dot and ends at most 5 bytes after it, and a '.' cannot be in front
         # of its own dot. So the matches are exactly those starting before a dot (at or after
         # `pos`) found in [dot - 4, dot + 5); one starting later belongs to a later dot (and may
-        # be cut short by that end: skip it). Content without dots (base64) costs one find.
-        dot = window.find(b".", pos)
-        while dot >= 0:
-            m = _LOOKALIKE.search(window, max(pos, dot - 4), dot + 5)
-            if m is None or m.start() >= dot:
-                dot = window.find(b".", dot + 1)
-                continue
-            text = m.group()
-            if m.end() == len(window) and text.endswith(b"\r"):
-                break  # may still become CRLF: decide when the next byte is known
-            if text != _EXACT_END:
-                found.append((base + m.start(), text))
-            pos = m.end()
+        # be cut short by that end: skip it). Content without dots (base64) costs one memchr and
+        # no copy of the window.
+        if b"." in raw or self._tail.find(b".", pos) >= 0:
+            window = self._tail + raw
             dot = window.find(b".", pos)
+            while dot >= 0:
+                m = _LOOKALIKE.search(window, max(pos, dot - 4), dot + 5)
+                if m is None or m.start() >= dot:
+                    dot = window.find(b".", dot + 1)
+                    continue
+                text = m.group()
+                if m.end() == len(window) and text.endswith(b"\r"):
+                    break  # may still become CRLF: decide when the next byte is known
+                if text != _EXACT_END:
+                    found.append((base + m.start(), text))
+                pos = m.end()
+                dot = window.find(b".", pos)
         self._search_from = base + pos
-        keep = window[-_LOOKALIKE_MAX - 1 :]
+        keep = (self._tail + raw[-_LOOKALIKE_MAX - 1 :])[-_LOOKALIKE_MAX - 1 :]  # the window's end
         self._tail = keep
         self._tail_offset = offset + len(raw) - len(keep)
         return tuple(found)
