@@ -26,8 +26,9 @@ Cases, each in a freshly built lab, rounds interleaved so drift hits every case 
              bridges, so the difference is the daemon and nothing else)
   gateway    `lab up`: the daemon with the benchmark policy, every packet of the two mail flows
              through NFQUEUE and the mail inspector (inspected flows are never offloaded);
-             `--workers` worker processes (default one per CPU), flows spread over them by a
-             hash of addresses and ports, so parallel sessions may or may not share a worker
+             `--workers` worker processes (default one per CPU), new connections dealt to them
+             in turn ([daemon] balance = "connection", the default), so the parallel sessions
+             of a workload use different workers
 
 Workloads: `5mb` (a message with a 5 MiB JPEG attachment, base64: ~7.2 MB on the wire) and
 `50kb` (a message of ~50 KB: a short text and a 36 KiB JPEG). Rates are message bytes (the
@@ -491,7 +492,7 @@ def main() -> int:
         "--workers",
         type=int,
         default=os.cpu_count() or 1,
-        help="the daemon's workers (flows spread by a hash of the 5-tuple), default one per CPU: %(default)s",
+        help="the daemon's workers (connections dealt in turn), default one per CPU: %(default)s",
     )
     names = (*(w.name for w in WORKLOADS), "both")
     ap.add_argument("--workload", choices=names, default="both", help="default %(default)s")

@@ -1060,7 +1060,8 @@ def _drop_decoded(p: _Part) -> None:
 
 def _release(m: _Message) -> None:
     """The message is done (logged, refused or aborted): its content and any part's decoded
-    bytes leave memory and the budget. What a Quarantine command carries is its own copy."""
+    bytes leave the budget, and memory unless a Quarantine command still holds those chunks
+    (until its put is done; the live writer bounds them: max_pending queued, one per thread)."""
     m.content.release()
     for p in m.parts.values():
         _drop_decoded(p)
