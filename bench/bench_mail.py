@@ -5,13 +5,14 @@
     .venv/bin/python bench/bench_mail.py --offline [--profile]     # the inspector alone, no root
 
 Live (root): the namespace lab (gateway/lab, prefix `lgwb-m-`, its own state directory), with a
-policy that is configs/lab.toml plus two inspect rules from `internet-relay` 198.19.40.25 to
-`lgwan-mail` 198.18.20.25: tcp/2525 with the lab's own profile `mail` (attachments = "remove":
-every attachment neutralized in place and quarantined) and tcp/2526 with a profile `mail-pass`
-(attachments inspected; images, PDF, office, text allowed), so one daemon serves both profiles.
+policy that is configs/lab.toml (offload off) plus three rules from `internet-relay`
+198.19.40.25 to `lgwan-mail` 198.18.20.25: tcp/2525 inspected with the lab's own profile `mail`
+(attachments = "remove": every attachment neutralized in place and quarantined), tcp/2526
+inspected with a profile `mail-pass` (attachments inspected; images, PDF, office, text allowed),
+and tcp/2527 allowed without inspection (the floor below), so one daemon serves every case.
 (tcp/25 on lgwan-mail is the lab's aiosmtpd; the benchmark's peers are fast C programs instead.)
 
-  server  postfix's `smtp-sink` on lgwan-mail (2525 and 2526), answering 250 to everything
+  server  postfix's `smtp-sink` on lgwan-mail (2525, 2526, 2527), answering 250 to everything
   clients on internet-relay, S sessions in parallel, each sending its messages over one
           connection, as a relay does (--client, default both):
           smtplib      Python's smtplib.sendmail (it dot-stuffs every message, as a Python relay
@@ -28,7 +29,12 @@ Cases, each in a freshly built lab, rounds interleaved so drift hits every case 
              through NFQUEUE and the mail inspector (inspected flows are never offloaded);
              `--workers` worker processes (default one per CPU), new connections dealt to them
              in turn ([daemon] balance = "connection", the default), so the parallel sessions
-             of a workload use different workers
+             of a workload use different workers; three gateway cases:
+               remove  inspected, every attachment neutralized and quarantined
+               pass    inspected, the JPEG attachment passes
+               queued  every packet still through NFQUEUE and a worker's policy check, but not
+                       inspected (not offloaded either): the floor, what the queueing alone costs,
+                       so the distance from it to remove/pass is the inspector's
 
 Workloads: `5mb` (a message with a 5 MiB JPEG attachment, base64: ~7.2 MB on the wire) and
 `50kb` (a message of ~50 KB: a short text and a 36 KiB JPEG). Rates are message bytes (the
@@ -71,8 +77,9 @@ from bench_live import Procs  # noqa: E402  (processes ended by their own PIDs /
 
 PREFIX = "lgwb-m-"
 RELAY, MAIL = "198.19.40.25", "198.18.20.25"
-PORTS = {"remove": 2525, "pass": 2526}  # profile case -> smtp-sink port
+PORTS = {"remove": 2525, "pass": 2526, "queued": 2527}  # gateway case -> smtp-sink port
 PROFILE_OF = {"remove": "mail", "pass": "mail-pass"}
+GATEWAY_CASES = ("remove", "pass", "queued")
 CLIENTS = ("smtplib", "smtp-source")
 Key = tuple[str, str, str, str]  # client, case (kernel | gateway), workload, profile case ("-" for kernel)
 
@@ -87,16 +94,25 @@ proto = "tcp"
 src = ["{RELAY}/32"]
 dst = ["{MAIL}/32"]
 dst_ports = [{PORTS[case]}]
-action = "inspect"
-profile = "{PROFILE_OF[case]}"
+{_action(case)}
 log = true
 description = "bench_mail.py: {description}"
 """
 
 
+def _action(case: str) -> str:
+    if case == "queued":
+        # allowed, not inspected: the one policy way across internet -> lgwan without inspection is
+        # the screen-transfer exception, used here only to measure the bare NFQUEUE round trip
+        return 'action = "allow"\nexception = "screen_transfer"'
+    return f'action = "inspect"\nprofile = "{PROFILE_OF[case]}"'
+
+
 # Put into configs/lab.toml's rules just after its inbound mail rule (first match wins).
-EXTRA_RULES = _rule("remove", "the lab profile (attachments removed)") + _rule(
-    "pass", "attachments inspected, clean images pass"
+EXTRA_RULES = (
+    _rule("remove", "the lab profile (attachments removed)")
+    + _rule("pass", "attachments inspected, clean images pass")
+    + _rule("queued", "every packet through NFQUEUE and the worker, nothing inspected (floor)")
 )
 EXTRA_PROFILE = """
 [profiles.mail-pass]
@@ -258,8 +274,11 @@ def offline(args: argparse.Namespace) -> int:
 def bench_config_text(workers: int = 1) -> str:
     text = (ROOT / "configs" / "lab.toml").read_text(encoding="utf-8")
     text, n = re.subn(r"(?m)^workers = 1 ", f"workers = {workers} ", text)
-    if n != 1:
-        raise SystemExit("configs/lab.toml changed shape: bench_mail.py cannot set [daemon] workers")
+    # not offloaded, so the "queued" case's packets all take the worker's path (inspected flows
+    # are never offloaded anyway)
+    text, m = re.subn(r"(?m)^offload = true ", "offload = false ", text)
+    if n != 1 or m != 1:
+        raise SystemExit("configs/lab.toml changed shape: bench_mail.py cannot set [daemon] workers and offload")
     anchor = '[[rules]]\nid = "lgwan-mail-to-internet-relay"'
     if anchor not in text or "[profiles.mail]" not in text:
         raise SystemExit("configs/lab.toml changed shape: bench_mail.py cannot place its rules")
@@ -423,7 +442,7 @@ def live(args: argparse.Namespace) -> int:
                         with sinks(lab, procs, tmp):
                             for client in clients:
                                 for w in workloads:
-                                    for prof in ("remove", "pass") if case == "gateway" else ("-",):
+                                    for prof in GATEWAY_CASES if case == "gateway" else ("-",):
                                         path, size = files[(client, w.name)]
                                         port = PORTS[prof if prof != "-" else "remove"]
                                         s = transfer(lab, client, w, port, path, size)
@@ -477,6 +496,13 @@ def report(results: dict[Key, list[Sample]], verdicts: dict[str, int], args: arg
                     continue
                 r = med((client, "gateway", wname, prof), attr) / med((client, "kernel", wname, "-"), attr)
                 print(f"  {client:<11} {prof:<6} {wname:<5} {unit:<6} {r:7.1%}  {'met' if r >= 0.5 else 'NOT met'}")
+    print("floor: queued, not inspected (what NFQUEUE and the worker loop cost alone)")
+    for k in results:
+        client, case, wname, prof = k
+        if prof == "queued":
+            attr, unit = ("mb_s", "MB/s") if wname == "5mb" else ("msg_s", "msg/s")
+            r = med(k, attr) / med((client, "kernel", wname, "-"), attr)
+            print(f"  {client:<11} {prof:<6} {wname:<5} {unit:<6} {r:7.1%}")
     if args.json:
         Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
 
