@@ -11,9 +11,10 @@ table over one slab of CFlow structs with an exact LRU list threaded through it.
 """
 
 from cpython cimport array
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 from fastpath cimport CDecision, CFlow, CNet, CPacket, CPortRange, CPrefix, CRule
 
@@ -1302,31 +1303,87 @@ cdef inline void tcp_track(CFlow* f, int fl, bint from_initiator) noexcept nogil
 
 
 # --- Internet checksum for the mail inspector's rewritten packets ---------------------------------
+cdef uint64_t _ones_sum(const unsigned char *p, Py_ssize_t n) noexcept nogil:
+    """Ones' complement sum (unfolded) of `n` bytes as 16-bit words read in the machine's byte
+    order, a trailing odd byte padded with zero. The sum is byte-order independent up to one
+    final swap (RFC 1071 2.B), so 32-bit native loads serve: 4 bytes per add, not 2."""
+    cdef uint64_t s = 0
+    cdef uint32_t w32
+    cdef uint16_t w16
+    cdef Py_ssize_t i = 0
+    while i + 4 <= n:
+        memcpy(&w32, p + i, 4)
+        s += w32
+        i += 4
+    if i + 2 <= n:
+        memcpy(&w16, p + i, 2)
+        s += w16
+        i += 2
+    if i < n:
+        w16 = 0
+        memcpy(&w16, p + i, 1)
+        s += w16
+    return s
+
+
+cdef uint16_t _fold_checksum(uint64_t s) noexcept nogil:
+    """The big-endian Internet checksum from a native-order `_ones_sum`."""
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    cdef uint16_t native = <uint16_t>s
+    cdef unsigned char b[2]
+    memcpy(b, &native, 2)
+    return <uint16_t>(~((<uint16_t>b[0] << 8) | b[1]) & 0xFFFF)
+
+
 def inet_checksum(const unsigned char[::1] data):
     """Internet checksum (RFC 1071) of `data`, as a big-endian 16-bit value.
 
     The compiled twin of gateway.inspect.packet._checksum_py (the specification; tests compare
     both): every neutralized 64 KiB GSO packet needs one, and the Python version is a bignum."""
     cdef Py_ssize_t n = data.shape[0]
-    cdef Py_ssize_t i = 0
-    cdef uint64_t s = 0
-    cdef const unsigned char *p
+    cdef uint64_t s
     if n == 0:
         return 0xFFFF
-    p = &data[0]
     with nogil:
-        while i + 1 < n:
-            s += (<uint64_t>p[i] << 8) | p[i + 1]
-            i += 2
-        if i < n:
-            s += <uint64_t>p[i] << 8
-        while s >> 16:
-            s = (s & 0xFFFF) + (s >> 16)
-    return <uint16_t>(~s & 0xFFFF)
+        s = _ones_sum(&data[0], n)
+    return _fold_checksum(s)
+
+
+def tcp_with_payload(bytes pkt, Py_ssize_t tcp_offset, Py_ssize_t payload_offset, bytes payload, bytes pseudo):
+    """`pkt` with `payload` (same length) at `payload_offset` and the TCP checksum (at
+    tcp_offset + 16) recomputed over `pseudo` (the pseudo header: even length) and the segment.
+
+    The compiled twin of gateway.inspect.packet._with_payload_py (the specification; tests
+    compare both): one copy of the packet instead of five, for every neutralized GSO packet."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(pkt)
+    cdef Py_ssize_t plen = PyBytes_GET_SIZE(payload)
+    cdef Py_ssize_t end = payload_offset + plen
+    if (
+        tcp_offset < 0 or tcp_offset + 18 > payload_offset or end > n
+        or PyBytes_GET_SIZE(pseudo) % 2
+    ):
+        raise ValueError("payload or TCP header outside the packet, or an odd pseudo header")
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, n)
+    cdef unsigned char *o = <unsigned char *>PyBytes_AS_STRING(out)
+    cdef const unsigned char *src = <const unsigned char *>PyBytes_AS_STRING(pkt)
+    cdef const unsigned char *pl = <const unsigned char *>PyBytes_AS_STRING(payload)
+    cdef const unsigned char *ph = <const unsigned char *>PyBytes_AS_STRING(pseudo)
+    cdef Py_ssize_t phlen = PyBytes_GET_SIZE(pseudo)
+    cdef uint16_t csum
+    with nogil:
+        memcpy(o, src, payload_offset)
+        memcpy(o + payload_offset, pl, plen)
+        memcpy(o + end, src + end, n - end)
+        o[tcp_offset + 16] = 0
+        o[tcp_offset + 17] = 0
+        csum = _fold_checksum(_ones_sum(ph, phlen) + _ones_sum(o + tcp_offset, end - tcp_offset))
+        o[tcp_offset + 16] = csum >> 8
+        o[tcp_offset + 17] = csum & 0xFF
+    return out
 
 
 # --- byte scans of the mail path (twins of gateway/bytescan.py, the specification) ------------------
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.object cimport PyObject
 
 

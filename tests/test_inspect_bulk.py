@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import binascii
+import random
 import re
 import struct
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.inspect.mail import _Chunks
-from gateway.inspect.packet import _checksum_py, build_tcp, parse_tcp, with_payload
+from gateway.inspect.packet import _checksum_py, _pseudo, _with_payload_py, build_tcp, parse_tcp, with_payload
 from gateway.inspect.rewrite import BodyFiller
 from gateway.mime.decoders import _B64_DELETE, _B64_JUNK, Base64Decoder
 from gateway.smtp.data import _EXACT_END, _LOOKALIKE, DataScanner
@@ -138,6 +139,51 @@ def test_rewritten_packet_checksums_verify() -> None:
     pseudo = src + dst + struct.pack("!BBH", 0, 6, len(seg))
     assert reference_checksum(pseudo + seg) == 0
     assert reference_checksum(out[:20]) == 0
+
+
+def _compiled_with_payload() -> Callable[[bytes, int, int, bytes, bytes], bytes]:
+    try:
+        from gateway._fastpath import tcp_with_payload
+    except ImportError:  # pragma: no cover - only on a broken install
+        pytest.skip("gateway._fastpath is not built")
+    return tcp_with_payload  # type: ignore[no-any-return]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    family=st.sampled_from([4, 6]),
+    old=st.one_of(st.binary(max_size=40), st.binary(min_size=1400, max_size=1500)),
+    seed=st.integers(0, 2**32 - 1),
+    options=st.sampled_from([b"", b"\x01\x01\x08\x0a" + bytes(range(8))]),
+)
+def test_rewritten_packets_equal_the_reference_and_verify(family: int, old: bytes, seed: int, options: bytes) -> None:
+    """The compiled rewrite (one copy, native-order sum) gives the reference's bytes exactly, and
+    the result sums to zero over pseudo header + segment, as a receiver checks."""
+    src, dst = (bytes([198, 19, 40, 25]), bytes([198, 18, 20, 25])) if family == 4 else (b"\x20" * 16, b"\x21" * 16)
+    pkt = build_tcp(family, src, dst, 40000, 25, 7, 9, 0x18, old, options=options)
+    tcp = parse_tcp(pkt)
+    new = random.Random(seed).randbytes(len(old))
+    seg_len = len(pkt) - tcp.tcp_offset
+    pseudo = _pseudo(family, src, dst, seg_len)
+    want = _with_payload_py(pkt, tcp.tcp_offset, tcp.payload_offset, new, pseudo)
+    got = _compiled_with_payload()(pkt, tcp.tcp_offset, tcp.payload_offset, new, pseudo)
+    assert got == want == with_payload(pkt, tcp, new)
+    assert parse_tcp(got).payload == new
+    assert reference_checksum(pseudo + got[tcp.tcp_offset :]) == 0
+
+
+@pytest.mark.parametrize(
+    "impl", [pytest.param(lambda: _with_payload_py, id="python"), pytest.param(_compiled_with_payload, id="cython")]
+)
+def test_rewrite_refuses_a_payload_outside_the_packet(impl: Callable[[], Callable[..., bytes]]) -> None:
+    pkt = build_tcp(4, bytes(4), bytes(4), 1, 2, 0, 0, 0x18, b"abcd")
+    for tcp_offset, payload_offset, payload, pseudo in (
+        (20, 40, b"abcde", bytes(12)),
+        (30, 40, b"abcd", bytes(12)),
+        (20, 40, b"abcd", bytes(11)),
+    ):
+        with pytest.raises(ValueError):
+            impl()(pkt, tcp_offset, payload_offset, payload, pseudo)
 
 
 _LOOK_TOKENS = st.sampled_from([b"\r\n", b"\n", b"\r", b".", b"\x00", b"a", b"\r\n.", b".\r\n", b"\n.\n"])

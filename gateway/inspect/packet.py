@@ -136,17 +136,36 @@ def tcp_checksum(family: int, src: bytes, dst: bytes, segment: bytes) -> int:
     return _checksum(_pseudo(family, src, dst, len(segment)) + segment)
 
 
+def _with_payload_py(pkt: bytes, tcp_offset: int, payload_offset: int, payload: bytes, pseudo: bytes) -> bytes:
+    """`pkt` with `payload` (same length) at `payload_offset` and the TCP checksum recomputed
+    over `pseudo` (the pseudo header) and the segment (the reference of
+    gateway._fastpath.tcp_with_payload, used when the compiled module is not)."""
+    end = payload_offset + len(payload)
+    if tcp_offset < 0 or tcp_offset + 18 > payload_offset or end > len(pkt) or len(pseudo) % 2:
+        raise ValueError("payload or TCP header outside the packet, or an odd pseudo header")
+    buf = bytearray(pkt)
+    buf[payload_offset:end] = payload
+    buf[tcp_offset + 16 : tcp_offset + 18] = b"\x00\x00"
+    struct.pack_into("!H", buf, tcp_offset + 16, _checksum_py(pseudo + bytes(buf[tcp_offset:end])))
+    return bytes(buf)
+
+
+# one copy of a 64 KiB GSO packet instead of five: 22 -> ~6 us per neutralized packet
+_with_payload: Callable[[bytes, int, int, bytes, bytes], bytes] = compiled_twin("tcp_with_payload", _with_payload_py)
+
+
 def with_payload(pkt: bytes, tcp: TcpPacket, payload: bytes) -> bytes:
     """The packet with a same-length TCP payload and a recomputed TCP checksum."""
     if len(payload) != len(tcp.payload):
         raise ValueError("the payload must keep its length")
-    end = tcp.payload_offset + len(payload)
-    buf = bytearray(pkt)
-    buf[tcp.payload_offset : end] = payload
-    buf[tcp.tcp_offset + 16 : tcp.tcp_offset + 18] = b"\x00\x00"
-    csum = tcp_checksum(tcp.family, tcp.src, tcp.dst, bytes(buf[tcp.tcp_offset : end]))
-    struct.pack_into("!H", buf, tcp.tcp_offset + 16, csum)
-    return bytes(buf)
+    segment_length = tcp.payload_offset + len(payload) - tcp.tcp_offset
+    return _with_payload(
+        pkt if type(pkt) is bytes else bytes(pkt),
+        tcp.tcp_offset,
+        tcp.payload_offset,
+        payload if type(payload) is bytes else bytes(payload),
+        _pseudo(tcp.family, tcp.src, tcp.dst, segment_length),
+    )
 
 
 def build_tcp(
