@@ -150,7 +150,7 @@ def _with_payload_py(pkt: bytes, tcp_offset: int, payload_offset: int, payload: 
     return bytes(buf)
 
 
-# one copy of a 64 KiB GSO packet instead of five: 22 -> ~6 us per neutralized packet
+# one copy of a 64 KiB GSO packet instead of five: 22 -> 3.5 us per neutralized packet
 _with_payload: Callable[[bytes, int, int, bytes, bytes], bytes] = compiled_twin("tcp_with_payload", _with_payload_py)
 
 
