@@ -104,6 +104,12 @@ SEQ_MOD = 1 << 32
 _EOL_RUN_MAX = 16  # CR/LF bytes _Message.hold looks at past the MIME parser's edge
 
 
+def _eol_run(data: bytes) -> int:
+    """Length of the CR/LF run `data` starts with, counted within its first _EOL_RUN_MAX bytes."""
+    head = data[:_EOL_RUN_MAX]
+    return len(head) - len(head.lstrip(b"\r\n"))
+
+
 # --- what the inspector needs of its collaborators (gateway.sanitize, gateway.io.quarantine) ---
 class ClassificationLike(Protocol):
     @property
@@ -313,8 +319,7 @@ class _Message:
         # chunk's closing CRLF until it knows whether a delimiter follows; released with the
         # rest, a segment that ends in CRLF is not held whole, which stalled a sender whose send
         # window that segment had filled until its retransmission timeout (~200 ms).
-        tail = self.content.cut(h, h + _EOL_RUN_MAX)
-        return h + len(tail) - len(tail.lstrip(b"\r\n"))
+        return h + _eol_run(self.content.cut(h, h + _EOL_RUN_MAX))
 
 
 @dataclass
@@ -818,8 +823,7 @@ class _Conn:
             old = m.content.cut(content_offset, content_offset + len(new))
         if old == new:
             return True
-        head = old[:_EOL_RUN_MAX]
-        eol = len(head) - len(head.lstrip(b"\r\n"))
+        eol = _eol_run(old)
         if eol and new[:eol] == old[:eol]:
             content_offset, old, new = content_offset + eol, old[eol:], new[eol:]
         try:

@@ -159,13 +159,8 @@ def with_payload(pkt: bytes, tcp: TcpPacket, payload: bytes) -> bytes:
     if len(payload) != len(tcp.payload):
         raise ValueError("the payload must keep its length")
     segment_length = tcp.payload_offset + len(payload) - tcp.tcp_offset
-    return _with_payload(
-        pkt if type(pkt) is bytes else bytes(pkt),
-        tcp.tcp_offset,
-        tcp.payload_offset,
-        payload if type(payload) is bytes else bytes(payload),
-        _pseudo(tcp.family, tcp.src, tcp.dst, segment_length),
-    )
+    pseudo = _pseudo(tcp.family, tcp.src, tcp.dst, segment_length)
+    return _with_payload(pkt, tcp.tcp_offset, tcp.payload_offset, payload, pseudo)
 
 
 def build_tcp(
